@@ -1,0 +1,107 @@
+"""Hugging Face directory export: stream the source safetensors through the plan, shard by shard.
+
+No second copy of the model is ever held: each tensor is read, sliced (and zero-padded in
+``padded`` mode) and appended to the current output shard, which is flushed when it reaches
+``max_shard_bytes``. Tokenizer, chat template and generation config are copied; the config is
+rewritten by :func:`exporters.hf_config.rewrite_config`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from prunenet.arch import get_arch_spec
+from prunenet.checkpoint import Checkpoint
+from prunenet.errors import PlanMismatch
+from prunenet.plan import PruningPlan
+from prunenet.progress import track
+from prunenet.surgery import layer_tensor_roles, pad_tensor, slice_tensor
+
+from .hf_config import MODELING_FILE, needs_modeling_file, rewrite_config
+
+__all__ = ["write_hf_checkpoint", "COPIED_FILES"]
+
+COPIED_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja",
+    "chat_template.json", "generation_config.json",
+)
+_TEMPLATE = Path(__file__).parent / "templates" / MODELING_FILE
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def write_hf_checkpoint(
+    source: Path, plan: PruningPlan, out: Path, *, compat: str = "native", max_shard_bytes: int = 2 << 30
+) -> dict:
+    """Write the pruned checkpoint into the (staging) directory ``out``; returns the new config."""
+    ckpt = Checkpoint(source)
+    spec = get_arch_spec(ckpt.config.get("model_type"))
+    n_layers = spec.num_layers(ckpt.config)
+    if len(plan.layers) != n_layers:
+        raise PlanMismatch(f"plan has {len(plan.layers)} layers, the model has {n_layers}")
+    target = max(plan.widths)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    names: list[list[str]] = [[]]
+
+    def flush() -> None:
+        nonlocal size
+        idx = len(shards) - 1
+        save_file(shards[idx], str(out / f".shard-{idx}.safetensors"), metadata={"format": "pt"})
+        shards[idx] = {}
+        shards.append({})
+        names.append([])
+        size = 0
+
+    for shard in track(ckpt.shards, "Writing pruned weights", total=len(ckpt.shards)):
+        for name, tensor in ckpt.iter_shard(shard):
+            role = layer_tensor_roles(spec, name)
+            if role is not None:
+                layer, suffix = role
+                lp = plan.layers[layer]
+                if lp.width != lp.original_width:
+                    tensor = slice_tensor(spec, suffix, tensor, lp.kept)
+                if compat == "padded":
+                    tensor = pad_tensor(spec, suffix, tensor, target)
+            if size and size + _tensor_bytes(tensor) > max_shard_bytes:
+                flush()
+            shards[-1][name] = tensor
+            names[-1].append(name)
+            size += _tensor_bytes(tensor)
+    if shards[-1] or len(shards) == 1:
+        flush()
+    shards.pop()
+    names.pop()
+    _name_shards(out, names)
+    config = rewrite_config(ckpt.config, spec, plan, compat)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if needs_modeling_file(plan, compat):
+        shutil.copyfile(_TEMPLATE, out / MODELING_FILE)
+    for fname in COPIED_FILES:
+        if (source / fname).is_file():
+            shutil.copyfile(source / fname, out / fname)
+    plan.save(out)
+    return config
+
+
+def _name_shards(out: Path, names: list[list[str]]) -> None:
+    total = len(names)
+    if total == 1:
+        (out / ".shard-0.safetensors").rename(out / "model.safetensors")
+        return
+    weight_map = {}
+    for i, shard_names in enumerate(names):
+        final = f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+        (out / f".shard-{i}.safetensors").rename(out / final)
+        weight_map.update(dict.fromkeys(shard_names, final))
+    index = {"metadata": {"total_size": sum((out / f).stat().st_size for f in set(weight_map.values()))},
+             "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
