@@ -1,0 +1,91 @@
+"""Shared CLI plumbing: logging/progress levels, signal handling and the one-line error contract."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+import click
+
+from prunenet.errors import PruneNetError
+from prunenet.progress import set_enabled
+
+__all__ = ["verbosity_options", "setup_output", "run_cli", "handle_errors", "emit_json", "EXIT_CODES"]
+
+EXIT_CODES = {
+    0: "success",
+    1: "bad input or a failed check (one-line error on stderr)",
+    2: "bad command-line usage (click)",
+    130: "interrupted (SIGINT); nothing was written",
+    143: "terminated (SIGTERM); nothing was written",
+}
+
+
+class Terminated(BaseException):
+    """Raised from the SIGTERM handler so staged outputs are cleaned up like on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Terminated()
+
+
+def verbosity_options(fn):
+    fn = click.option("-q", "--quiet", is_flag=True, help="Only errors (no progress, no report).")(fn)
+    fn = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")(fn)
+    return fn
+
+
+def setup_output(quiet: bool, verbose: int, as_json: bool = False) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("prunenet").setLevel(level)
+    for noisy in ("transformers", "torch", "onnxruntime", "vllm", "httpx"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING if verbose else logging.ERROR))
+    set_enabled(not quiet and not as_json)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error() if not verbose else None
+        transformers.utils.logging.disable_progress_bar() if (quiet or as_json) else None
+    except Exception:  # transformers missing is reported by the command that needs it
+        pass
+
+
+def emit_json(result: Any) -> None:
+    click.echo(json.dumps(result, indent=None, default=str))
+
+
+def handle_errors(fn):
+    """Turn library errors into one line + exit 1; Ctrl-C/SIGTERM into 130/143 (no traceback)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            return fn(*args, **kwargs)
+        except PruneNetError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing was written", err=True)
+            sys.exit(130)
+        except Terminated:
+            click.echo("terminated; nothing was written", err=True)
+            sys.exit(143)
+        except OSError as exc:
+            if exc.errno == 28:  # ENOSPC
+                click.echo(f"error: no space left on device while writing {exc.filename or ''}".rstrip(), err=True)
+                sys.exit(1)
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def run_cli(command: click.Command) -> None:
+    command.main(prog_name="prunenet-export")
