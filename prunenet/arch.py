@@ -40,6 +40,13 @@ class ArchSpec:
     up: str | None = None
     """The second row-sliced matrix of a gated FFN (for weight statistics), if separate."""
     gated: bool = True
+    ffn_norm: str = "post_attention_layernorm.weight"
+    """The norm whose gain scales the FFN input; data-free rewards draw inputs with this scale."""
+    norm_offset: float = 0.0
+    """Gemma's RMSNorm multiplies by ``1 + weight``."""
+    act_attr: str = "hidden_act"
+    """Config attribute naming the FFN activation."""
+    default_act: str = "silu"
     atol: float = 1e-4
     """Logit tolerance for export validation in fp32."""
 
@@ -55,6 +62,10 @@ class ArchSpec:
         if value is None and self.width_attr == "ffn_hidden_size":  # Falcon defaults to 4 * hidden
             value = 4 * int(_get(config, "hidden_size"))
         return int(value)
+
+
+    def activation(self, config: Any) -> str:
+        return str((_get(config, self.act_attr) if self.act_attr else None) or self.default_act)
 
 
 def _get(config: Any, key: str) -> Any:
@@ -76,7 +87,15 @@ ARCH_SPECS: dict[str, ArchSpec] = {
     "mistral": ArchSpec(hf_architecture="MistralForCausalLM", hf_base_model="MistralModel", **_GATED),
     "qwen2": ArchSpec(hf_architecture="Qwen2ForCausalLM", hf_base_model="Qwen2Model", **_GATED),
     "qwen3": ArchSpec(hf_architecture="Qwen3ForCausalLM", hf_base_model="Qwen3Model", **_GATED),
-    "gemma3_text": ArchSpec(hf_architecture="Gemma3ForCausalLM", hf_base_model="Gemma3TextModel", **_GATED),
+    "gemma3_text": ArchSpec(
+        hf_architecture="Gemma3ForCausalLM",
+        hf_base_model="Gemma3TextModel",
+        ffn_norm="pre_feedforward_layernorm.weight",
+        norm_offset=1.0,
+        act_attr="hidden_activation",
+        default_act="gelu_pytorch_tanh",
+        **_GATED,
+    ),
     "phi3": ArchSpec(
         hf_architecture="Phi3ForCausalLM",
         hf_base_model="Phi3Model",
@@ -98,6 +117,9 @@ ARCH_SPECS: dict[str, ArchSpec] = {
         out_proj="fc2.weight",
         width_attr="ffn_dim",
         gated=False,
+        ffn_norm="final_layer_norm.weight",
+        act_attr="activation_function",
+        default_act="relu",
     ),
     "phi": ArchSpec(
         hf_architecture="PhiForCausalLM",
@@ -109,6 +131,8 @@ ARCH_SPECS: dict[str, ArchSpec] = {
         out_proj="mlp.fc2.weight",
         width_attr="intermediate_size",
         gated=False,
+        ffn_norm="input_layernorm.weight",  # Phi runs attention and FFN in parallel on one norm
+        default_act="gelu_new",
     ),
     "falcon": ArchSpec(
         hf_architecture="FalconForCausalLM",
@@ -120,6 +144,9 @@ ARCH_SPECS: dict[str, ArchSpec] = {
         out_proj="mlp.dense_4h_to_h.weight",
         width_attr="ffn_hidden_size",
         gated=False,
+        ffn_norm="input_layernorm.weight",
+        act_attr="",  # FalconMLP hard-codes GELU
+        default_act="gelu",
     ),
 }
 

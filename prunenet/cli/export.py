@@ -1,9 +1,98 @@
-"""Placeholder: the `export` command (being written)."""
+"""``prunenet export`` / ``prunenet-export``: prune a model and write it for a serving target."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
+from .common import emit_json, handle_errors, setup_output, verbosity_options
 
-@click.command("export")
-def command() -> None:
-    """Not yet available."""
-    raise click.ClickException("not yet available")
+TARGETS = ("hf", "vllm", "onnx")
+METHOD_NAMES = ("prunenet", "prunenet-ks", "prunenet-paper", "random", "magnitude")  # prunenet.methods.METHODS
+ALLOCATIONS = ("sensitivity", "uniform")  # prunenet.allocation.ALLOCATIONS
+
+_LOAD_HINTS = {
+    "stock": "```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{out}\")\n```\n\nServe: `vllm serve {out}` (stock architecture, no plugin needed).",
+    "native": "```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{out}\", trust_remote_code=True)\n```\n\nServe with vLLM (the `prunenet-deploy` package installed beside vLLM registers the per-layer-width\narchitecture, no flags): `vllm serve {out}` or `prunenet serve {out}`.",
+    "onnx": "ONNX Runtime decoder with KV cache in optimum's layout (`model.onnx`).\n\nBenchmark: `prunenet bench --engine onnxruntime {out}`.",
+}
+
+
+@click.command("export", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model", default=None, metavar="SRC",
+              help="HF directory, .gguf file or cached hub id [default: SmolLM2-135M-Instruct].")
+@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), required=True,
+              help="Fraction of all FFN neurons to remove, in [0, 1).")
+@click.option("--target", type=click.Choice(TARGETS), default="hf", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--method", type=click.Choice(METHOD_NAMES), default="prunenet", show_default=True)
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default="sensitivity", show_default=True,
+              help="How the neuron budget is spread over layers.")
+@click.option("--align", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Every layer width is a multiple of this.")
+@click.option("--tp", type=click.IntRange(min=1), multiple=True,
+              help="Tensor-parallel size(s) every width must divide by (repeatable).")
+@click.option("--episodes", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--policy", type=click.Path(path_type=Path), default=None,
+              help="Reuse a trained prunenet-policy.safetensors (no training).")
+@click.option("--self-data", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Tokens of self-generated text for activation statistics (0 = weights only).")
+@click.option("--compat", type=click.Choice(["native", "padded"]), default="native", show_default=True,
+              help="padded: zero-pad every layer to the widest (stock architecture).")
+@click.option("--no-eval", is_flag=True, help="Skip the quality report.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON result on stdout.")
+@verbosity_options
+@handle_errors
+def command(model, ratio, target, out, method, allocation, align, tp, episodes, lr, seed, device, policy,
+            self_data, compat, no_eval, force, as_json, quiet, verbose) -> None:
+    """Prune FFN neurons with PruneNet (no calibration data) and export the model.
+
+    \b
+    Example:
+      prunenet-export --ratio 0.3 --target vllm --out out && vllm serve ./out
+      prunenet-export --model ./my-llama --ratio 0.2 --policy out/prunenet-policy.safetensors --out out-0.2
+    """
+    setup_output(quiet, verbose, as_json)
+    from .job import ExportRequest, run_export
+    from prunenet.pipeline import PruneConfig
+
+    cfg = PruneConfig(ratio=ratio, method=method, allocation=allocation, align=align, tp=tuple(tp),
+                      episodes=episodes, lr=lr, seed=seed, device=device, policy=policy, self_data=self_data)
+    request = ExportRequest(model=model, out=out, target=target, compat=compat, evaluate=not no_eval, force=force)
+    result = run_export(request, cfg)
+    if as_json:
+        emit_json(result)
+    elif not quiet:
+        _report(result)
+
+
+def _report(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    stats = result["stats"]
+    widths = result["widths"]
+    console.print(f"[bold]Pruned[/bold] {result['source']} with {result['method']} -> {result['out']} ({result['target']})")
+    console.print(f"widths per layer: {widths}")
+    table = Table(show_header=True)
+    for col in ("", "before", "after", "reduction"):
+        table.add_column(col)
+    table.add_row("FFN neurons", f"{stats['ffn_neurons_before']:,}", f"{stats['ffn_neurons_after']:,}",
+                  f"{1 - stats['ffn_neurons_after'] / stats['ffn_neurons_before']:.2%}")
+    table.add_row("FFN params", f"{stats['ffn_params_before']:,}", f"{stats['ffn_params_after']:,}",
+                  f"{1 - stats['ffn_params_after'] / max(1, stats['ffn_params_before']):.2%}")
+    table.add_row("total params", f"{stats['params_before']:,}", f"{stats['params_after']:,}",
+                  f"{stats['param_reduction']:.2%}")
+    console.print(table)
+    q = result.get("quality")
+    if q:
+        console.print(f"quality: perplexity {q['ppl_dense']:.2f} -> {q['ppl_pruned']:.2f} "
+                      f"(x{q['ppl_ratio']:.2f}), KL {q['kl']:.4f}, top-1 agreement {q['top1_agreement']:.3f}")
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")

@@ -1,0 +1,88 @@
+"""The model card (``README.md``) and widths chart written into every output directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prunenet import __version__
+from prunenet.plan import PruningPlan
+
+__all__ = ["write_widths_chart", "write_model_card", "CHART_FILE"]
+
+CHART_FILE = "prunenet-widths.png"
+
+
+def write_widths_chart(plan: PruningPlan, path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=110)
+    layers = range(len(plan.layers))
+    ax.bar(layers, plan.original_widths, color="#d9d9d9", label="original")
+    ax.bar(layers, plan.widths, color="#3a78b5", label="kept")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("FFN neurons")
+    ax.set_title(title or f"{plan.method}, ratio {plan.ratio}, {plan.allocation} allocation")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _quality_rows(quality: dict[str, Any] | None) -> str:
+    if not quality:
+        return "Not evaluated (`--no-eval`). Run `prunenet eval <this directory>`.\n"
+    keys = [("ppl_dense", "perplexity, dense"), ("ppl_pruned", "perplexity, pruned"),
+            ("ppl_ratio", "perplexity ratio"), ("kl", "KL(dense || pruned), nats/token"),
+            ("top1_agreement", "top-1 agreement")]
+    rows = "\n".join(f"| {label} | {quality[k]:.4g} |" for k, label in keys if k in quality)
+    note = f"\nText: {quality.get('text', 'default reference text')}, {quality.get('tokens', '?')} tokens.\n"
+    return "| metric | value |\n|---|---|\n" + rows + "\n" + note
+
+
+def write_model_card(out: Path, plan: PruningPlan, stats: dict[str, Any], quality: dict[str, Any] | None,
+                     target: str, load_hint: str) -> Path:
+    widths = plan.widths
+    text = f"""---
+library_name: transformers
+tags: [pruned, prunenet, structured-pruning]
+---
+# Pruned {plan.source}
+
+Structured FFN pruning by prunenet-deploy {__version__} (PruneNet, calibration-free: no user data).
+
+| | |
+|---|---|
+| source | `{plan.source}` (fingerprint `{plan.source_fingerprint}`) |
+| method | `{plan.method}` |
+| ratio (FFN neurons removed) | {plan.ratio} (achieved {plan.removed_fraction:.4f}) |
+| allocation | `{plan.allocation}`, widths aligned to {plan.align} |
+| seed | {plan.seed} |
+| parameters | {stats['params_before']:,} -> {stats['params_after']:,} ({stats['param_reduction']:.2%} fewer) |
+| FFN parameters | {stats['ffn_params_before']:,} -> {stats['ffn_params_after']:,} |
+| target | `{target}` |
+
+## Widths per layer
+
+![widths]({CHART_FILE})
+
+`{widths}`
+
+## Quality
+
+{_quality_rows(quality)}
+## Use
+
+{load_hint}
+
+The exact neurons kept are in `prunenet-plan.json`; the policy (if one was trained) is in
+`prunenet-policy.safetensors` and can prune the same model at any other ratio with `--policy`.
+"""
+    path = out / "README.md"
+    path.write_text(text)
+    write_widths_chart(plan, out / CHART_FILE)
+    return path

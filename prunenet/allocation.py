@@ -1,0 +1,77 @@
+"""Per-layer widths: how a global budget of kept FFN neurons is spent across layers.
+
+``uniform`` is the paper's (every layer keeps the same count). ``sensitivity`` (default) starts
+from full width and repeatedly removes one alignment step from the layer where that hurts least,
+judged by each layer's cost curve under the method's own ranking, so robust layers give up more
+neurons than fragile ones. Widths are multiples of ``step`` (lcm of ``--align`` and every
+``--tp``), every layer keeps at least one step, and the total lands within one step of budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from .errors import BudgetError
+
+__all__ = ["ALLOCATIONS", "width_step", "uniform_widths", "sensitivity_widths", "width_grid"]
+
+ALLOCATIONS = ("sensitivity", "uniform")
+
+
+def width_step(align: int, tp: Sequence[int] = ()) -> int:
+    if align < 1:
+        raise BudgetError(f"--align must be >= 1, got {align}")
+    if any(t < 1 for t in tp):
+        raise BudgetError("--tp sizes must be >= 1")
+    return math.lcm(align, *tp) if tp else align
+
+
+def _check(widths_full: Sequence[int], step: int) -> None:
+    small = [m for m in widths_full if m < step]
+    if small:
+        raise BudgetError(
+            f"FFN width {min(small)} is smaller than the width step {step} (lcm of --align and --tp); "
+            "use a smaller --align or --tp"
+        )
+
+
+def width_grid(m: int, step: int) -> list[int]:
+    """Allowed widths of one layer, ascending: multiples of ``step`` below ``m``, then ``m`` itself."""
+    return [step * j for j in range(1, (m - 1) // step + 1)] + [m]
+
+
+def uniform_widths(widths_full: Sequence[int], ratio: float, step: int) -> list[int]:
+    """Every layer keeps (1 - ratio) of its neurons, rounded to the nearest allowed width."""
+    _check(widths_full, step)
+    out = []
+    for m in widths_full:
+        want = (1.0 - ratio) * m
+        out.append(min(width_grid(m, step), key=lambda w: (abs(w - want), -w)))
+    return out
+
+
+def sensitivity_widths(
+    widths_full: Sequence[int], ratio: float, step: int, curve: Callable[[int, list[int]], list[float]]
+) -> list[int]:
+    """Greedy water-filling on per-layer cost curves; ``curve(layer, widths)`` gives costs at widths."""
+    _check(widths_full, step)
+    grids = [width_grid(m, step) for m in widths_full]
+    costs = [curve(layer, grid) for layer, grid in enumerate(grids)]
+    pos = [len(g) - 1 for g in grids]  # start at full width
+    target = (1.0 - ratio) * sum(widths_full)
+    total = sum(widths_full)
+    while total - target > step / 2:
+        best, best_layer = math.inf, -1
+        for layer, p in enumerate(pos):
+            if p == 0:
+                continue
+            delta = (costs[layer][p - 1] - costs[layer][p]) / (grids[layer][p] - grids[layer][p - 1])
+            if delta < best:
+                best, best_layer = delta, layer
+        if best_layer < 0:
+            break
+        p = pos[best_layer]
+        total -= grids[best_layer][p] - grids[best_layer][p - 1]
+        pos[best_layer] = p - 1
+    return [grids[layer][p] for layer, p in enumerate(pos)]

@@ -1,0 +1,85 @@
+"""The export job: source -> plan -> staged output -> checks -> atomic commit.
+
+This is the one place that joins the three packages (``prunenet`` makes the plan, ``exporters``
+writes it, ``serving`` checks the result), so the algorithm never imports an exporter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ExportRequest", "run_export"]
+
+log = logging.getLogger("prunenet")
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    model: str | None
+    out: Path
+    target: str = "hf"
+    compat: str = "native"
+    evaluate: bool = True
+    force: bool = False
+    validate: bool = True
+
+
+def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
+    """Prune ``req.model`` by ``cfg`` and write ``req.out`` for ``req.target``; returns a report."""
+    from exporters import EXPORTERS, ExportConfig, parameter_stats
+    from exporters.model_card import write_model_card
+    from exporters.staging import check_output_dir, staged_output
+    from prunenet.pipeline import make_plan, resolve_device
+    from prunenet.policy import POLICY_FILE, save_policy
+    from prunenet.source import resolve_model
+
+    source = resolve_model(req.model)
+    check_output_dir(req.out, force=req.force, source=source.path)  # fail before any training
+    device = resolve_device(cfg.device)
+    result = make_plan(source.path, cfg, source_name=source.name)
+    plan = result.plan
+    stats = parameter_stats(source.path, plan)
+    warnings: list[str] = []
+    with staged_output(req.out, force=req.force, source=source.path) as stage:
+        export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=device.type)
+        report = EXPORTERS[req.target](source.path, plan, stage, export_cfg)
+        if result.policy is not None and cfg.policy is None:
+            save_policy(result.policy, stage / POLICY_FILE, result.policy_metadata)
+        quality = _quality(stage, source.path) if req.evaluate and req.target != "onnx" else None
+        if req.target == "vllm":
+            report["vllm"] = _check_vllm(stage, warnings)
+        hint_key = "onnx" if req.target == "onnx" else ("native" if "modeling_pruned" in str(
+            report.get("architecture", "")) or report.get("architecture", "").startswith("Pruned") else "stock")
+        from .export import _LOAD_HINTS
+
+        write_model_card(stage, plan, stats, quality, req.target, _LOAD_HINTS[hint_key].format(out=req.out))
+    return {
+        "source": source.name, "out": str(req.out), "target": req.target, "method": plan.method,
+        "ratio": plan.ratio, "achieved_ratio": plan.removed_fraction, "allocation": plan.allocation,
+        "widths": plan.widths, "stats": stats, "export": report, "quality": quality, "warnings": warnings,
+        "policy_fingerprint": plan.policy_fingerprint, "source_fingerprint": plan.source_fingerprint,
+    }
+
+
+def _quality(out: Path, source: Path) -> dict[str, Any] | None:
+    try:
+        from prunenet.quality import evaluate_dirs
+    except ImportError:  # the quality module ships with the eval command
+        return None
+    return evaluate_dirs(out, source).to_dict()
+
+
+def _check_vllm(out: Path, warnings: list[str]) -> str | None:
+    try:
+        from serving.vllm_check import check_vllm_resolves
+    except ImportError:
+        warnings.append("vLLM check unavailable")
+        return None
+    try:
+        return check_vllm_resolves(out)
+    except Exception as exc:  # vLLM missing or too old: the directory is still valid for transformers
+        warnings.append(f"vLLM could not be checked: {exc}")
+        return None

@@ -1,0 +1,184 @@
+"""From a source checkpoint to a :class:`PruningPlan`: score, allocate, select.
+
+This is the library entry point behind ``prunenet-export``. It reads only the FFN tensors it
+needs, trains (or loads) the policy, ranks every layer's neurons, spends the global budget
+across layers and returns the plan plus the policy to save. Nothing is written here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .allocation import ALLOCATIONS, sensitivity_widths, uniform_widths, width_step
+from .arch import ArchSpec, get_arch_spec
+from .checkpoint import Checkpoint
+from .errors import PolicyMismatch, PruneNetError
+from .features import FEATURES, neuron_features
+from .ffn import LayerFFN, load_ffns
+from .methods import METHODS, Method
+from .plan import LayerPlan, PruningPlan
+from .policy import PolicyNetwork, load_policy
+from .progress import track
+from .rewards import OutputReward, SpectralReward, synthetic_inputs
+from .train import TrainConfig, train_policy
+
+__all__ = ["PruneConfig", "PlanResult", "make_plan", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Everything that decides a plan; the CLI maps its options onto this."""
+
+    ratio: float
+    """Fraction of all FFN neurons removed, in [0, 1)."""
+    method: str = "prunenet"
+    allocation: str = "sensitivity"
+    align: int = 64
+    """Every width is a multiple of this (tensor cores, quantized kernels, TP sharding)."""
+    tp: tuple[int, ...] = ()
+    """Tensor-parallel sizes every width must be divisible by."""
+    episodes: int = 20
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    policy: Path | None = None
+    """A saved policy to reuse (no training)."""
+    self_data: int = 0
+    """Tokens of self-generated text for activation statistics; 0 = weights only."""
+    samples: int = 512
+    """Synthetic inputs per layer for the data-free output reward."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise PruneNetError(f"--ratio must be in [0, 1), got {self.ratio}")
+        if self.method not in METHODS:
+            raise PruneNetError(f"unknown --method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.allocation not in ALLOCATIONS:
+            raise PruneNetError(f"unknown --allocation {self.allocation!r}; choose from {', '.join(ALLOCATIONS)}")
+        if self.episodes < 1:
+            raise PruneNetError(f"--episodes must be >= 1, got {self.episodes}")
+        if self.self_data < 0:
+            raise PruneNetError(f"--self-data must be >= 0, got {self.self_data}")
+        width_step(self.align, self.tp)
+
+
+@dataclass
+class PlanResult:
+    plan: PruningPlan
+    policy: PolicyNetwork | None = None
+    policy_metadata: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PruneNetError("--device cuda requested but no CUDA device is available; use --device cpu")
+    return torch.device(device)
+
+
+def make_plan(source: Path, cfg: PruneConfig, source_name: str | None = None) -> PlanResult:
+    """Build the pruning plan for the checkpoint at ``source``."""
+    ckpt = Checkpoint(source)
+    spec = get_arch_spec(ckpt.config.get("model_type"))
+    n_layers = spec.num_layers(ckpt.config)
+    full = [spec.width(ckpt.config)] * n_layers
+    step = width_step(cfg.align, cfg.tp)
+    method = METHODS[cfg.method]
+    common = dict(model_type=spec_name(ckpt), method=cfg.method, ratio=cfg.ratio, allocation=cfg.allocation,
+                  align=step, seed=cfg.seed, source=source_name or str(source),
+                  source_fingerprint=ckpt.fingerprint())
+    if cfg.ratio == 0:
+        layers = tuple(LayerPlan(tuple(range(m)), m) for m in full)
+        return PlanResult(PruningPlan(layers=layers, **common))
+    uniform_widths(full, cfg.ratio, step)  # validates the step against the widths before any work
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    ffns = [f.to(device) for f in load_ffns(ckpt, spec)]
+    inputs = _reward_inputs(source, spec, ffns, cfg)
+    outputs = [OutputReward(f, X) for f, X in zip(ffns, inputs, strict=True)]
+    result = PlanResult(plan=None)  # type: ignore[arg-type]
+    scores = _scores(method, ffns, outputs, full, cfg, ckpt, spec, result)
+    orders = [torch.argsort(s, descending=True, stable=True).cpu() for s in scores]
+    if cfg.allocation == "uniform":
+        widths = uniform_widths(full, cfg.ratio, step)
+    else:
+        widths = sensitivity_widths(full, cfg.ratio, step, lambda i, ws: outputs[i].curve(orders[i].to(device), ws))
+    layers = tuple(
+        LayerPlan(tuple(sorted(order[:w].tolist())), m, tuple(s.float().cpu().tolist()))
+        for order, w, m, s in zip(orders, widths, full, scores, strict=True)
+    )
+    result.plan = PruningPlan(layers=layers, policy_fingerprint=result.policy_metadata.get("fingerprint"),
+                              extra={"self_data_tokens": cfg.self_data}, **common)
+    return result
+
+
+def spec_name(ckpt: Checkpoint) -> str:
+    return str(ckpt.config["model_type"])
+
+
+def _reward_inputs(source: Path, spec: ArchSpec, ffns: list[LayerFFN], cfg: PruneConfig) -> list[torch.Tensor]:
+    if cfg.self_data:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .selfdata import capture_ffn_inputs, generate_self_text
+
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(source)
+        ids = generate_self_text(model, tok, cfg.self_data, seed=cfg.seed)
+        X = capture_ffn_inputs(model, spec, ids, seed=cfg.seed)
+        del model
+        return [x.to(f.W.device) for x, f in zip(X, ffns, strict=True)]
+    g = torch.Generator().manual_seed(cfg.seed)
+    return [synthetic_inputs(f, cfg.samples, g) for f in ffns]
+
+
+def _states(method: Method, ffns: list[LayerFFN], outputs: list[OutputReward]) -> list[torch.Tensor]:
+    if method.state == "features":
+        return [neuron_features(f, o.H) for f, o in zip(ffns, outputs, strict=True)]
+    return [f.W for f in ffns]
+
+
+def _scores(method, ffns, outputs, full, cfg, ckpt, spec, result) -> list[torch.Tensor]:
+    if method.name == "random":
+        g = torch.Generator().manual_seed(cfg.seed)
+        return [torch.rand(f.width, generator=g) for f in ffns]
+    if method.name == "magnitude":
+        return [f.W.norm(dim=1) for f in ffns]
+    states = _states(method, ffns, outputs)
+    meta = {"method": method.name, "model_type": spec_name(ckpt), "width": full[0], "num_layers": len(full),
+            "hidden_size": int(ffns[0].W.shape[1]), "features": list(FEATURES) if method.state == "features" else [],
+            "source_fingerprint": ckpt.fingerprint()}
+    if cfg.policy is not None:
+        policy, saved = load_policy(cfg.policy)
+        _check_policy(saved, meta, states[0].shape[1], cfg.policy)
+        result.policy_metadata = saved
+    else:
+        policy = PolicyNetwork(states[0].shape[1], full[0]).to(states[0].device)
+        costs = [o.cost for o in outputs] if method.reward == "output" else [SpectralReward(f).cost for f in ffns]
+        ks = [max(1, int((1 - cfg.ratio) * m)) for m in full]
+        tcfg = TrainConfig(episodes=cfg.episodes, lr=cfg.lr, seed=cfg.seed, estimator=method.estimator)
+        trained = train_policy(policy, states, costs, ks, tcfg)
+        result.history = trained.history
+        result.policy_metadata = {**meta, "train": {**asdict(tcfg), "ratio": cfg.ratio, "self_data": cfg.self_data,
+                                                     "best_episode": trained.best_episode}}
+    result.policy = policy
+    with torch.no_grad():
+        return [policy.keep_logits(S) for S in track(states, "Scoring layers", total=len(states))]
+
+
+def _check_policy(saved: dict, meta: dict, state_dim: int, path: Path) -> None:
+    if saved.get("method") != meta["method"]:
+        raise PolicyMismatch(f"--policy {path} was trained with --method {saved.get('method')}; pass that method")
+    if int(saved.get("width", -1)) != meta["width"] or int(saved.get("state_dim", -1)) != state_dim:
+        raise PolicyMismatch(
+            f"--policy {path} was built for FFN width {saved.get('width')} x state {saved.get('state_dim')}, "
+            f"this model needs {meta['width']} x {state_dim}; train a new policy"
+        )

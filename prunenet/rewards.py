@@ -1,0 +1,72 @@
+"""Rewards: how much a kept neuron set preserves a layer. Higher is better.
+
+* :class:`SpectralReward` is the paper's: the KS distance between the singular values of the
+  first FFN matrix and of its kept rows (§3). It only sees ``W``, so it is blind to neurons with
+  small gate rows but huge, rare outputs (measured on SmolLM2: removing them wrecks the model).
+* :class:`OutputReward` is ours: the relative error of the whole FFN output when the removed
+  neurons are dropped, on inputs ``X`` that are either synthetic (Gaussian with the FFN norm's
+  gain; no data at all) or the model's own activations on text it generated itself.
+
+Both expose ``cost(kept)`` (lower is better) and ``curve(order, widths)``, the cost of keeping the
+top-``k`` neurons of a ranking for each ``k``, which drives the non-uniform allocation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .ffn import LayerFFN
+from .spectrum import ks_distance, singular_values
+
+__all__ = ["SpectralReward", "OutputReward", "synthetic_inputs"]
+
+
+class SpectralReward:
+    """KS distance between spectra of ``W`` and ``W[S]`` (the paper's reward signal)."""
+
+    def __init__(self, ffn: LayerFFN) -> None:
+        self.W = ffn.W
+        self.sigma_ref = singular_values(self.W)
+
+    def cost(self, kept: torch.Tensor) -> float:
+        return float(ks_distance(self.sigma_ref, singular_values(self.W[kept])))
+
+    def curve(self, order: torch.Tensor, widths: list[int]) -> list[float]:
+        return [self.cost(order[:k]) if k < len(order) else 0.0 for k in widths]
+
+
+def synthetic_inputs(ffn: LayerFFN, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Data-free FFN inputs: a normalised hidden state has unit RMS, scaled by the norm's gain."""
+    z = torch.randn(n, ffn.W.shape[1], generator=generator, device="cpu").to(ffn.W.device)
+    return z * ffn.gain
+
+
+class OutputReward:
+    """Relative squared error of the FFN output when only ``kept`` neurons remain."""
+
+    gram_limit = 4096
+    """Up to this width the error is a quadratic form in an m x m matrix (fast, O(m^2) per call)."""
+
+    def __init__(self, ffn: LayerFFN, X: torch.Tensor) -> None:
+        H = ffn.hidden(X)  # N x m
+        self.H, self.D = H, ffn.D
+        self.total = max(float((H @ ffn.D).pow(2).sum()), 1e-30)
+        # ||H_R D_R||^2 = 1_R^T ((H^T H) o (D D^T)) 1_R: precompute the m x m form when it is small
+        self.M = (H.T @ H) * (ffn.D @ ffn.D.T) if H.shape[1] <= self.gram_limit else None
+
+    def _removed_error(self, removed: torch.Tensor) -> float:
+        if removed.numel() == 0:
+            return 0.0
+        if self.M is not None:
+            r = torch.zeros(self.M.shape[0], dtype=self.M.dtype, device=self.M.device)
+            r[removed] = 1.0
+            return float(r @ (self.M @ r)) / self.total
+        return float((self.H[:, removed] @ self.D[removed]).pow(2).sum()) / self.total
+
+    def cost(self, kept: torch.Tensor) -> float:
+        mask = torch.ones(self.H.shape[1], dtype=torch.bool, device=self.H.device)
+        mask[kept] = False
+        return self._removed_error(mask.nonzero().squeeze(-1))
+
+    def curve(self, order: torch.Tensor, widths: list[int]) -> list[float]:
+        return [self._removed_error(order[k:]) for k in widths]

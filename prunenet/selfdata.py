@@ -1,0 +1,60 @@
+"""Optional statistics from text the model generates itself (``--self-data TOKENS``).
+
+No user or external data: the dense model samples a few continuations of neutral prompts with
+a fixed seed, then the FFN inputs it produces on that text are captured per layer. They replace
+the synthetic Gaussian inputs of the output reward, so the reward sees the real (heavy-tailed)
+hidden-state distribution, including massive-activation dimensions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .arch import ArchSpec
+from .progress import status
+
+__all__ = ["PROMPTS", "generate_self_text", "capture_ffn_inputs"]
+
+PROMPTS = ("The", "In", "Once upon a time", "Here is", "I think", "A", "It was", "We")
+
+
+def generate_self_text(model, tokenizer, tokens: int, seed: int = 0, sample_len: int = 128) -> torch.Tensor:
+    """Sample ``tokens`` tokens of the model's own text; returns token ids (n_samples x sample_len)."""
+    n = max(1, -(-tokens // sample_len))
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with status(f"Generating {n} x {sample_len} tokens of self-text"), torch.no_grad():
+        out = model.generate(
+            **batch, do_sample=True, top_p=0.95, temperature=1.0, max_new_tokens=sample_len,
+            min_new_tokens=sample_len, pad_token_id=tokenizer.pad_token_id,
+        )
+    return out[:, batch["input_ids"].shape[1] :]
+
+
+def capture_ffn_inputs(model, spec: ArchSpec, ids: torch.Tensor, max_rows: int = 4096, seed: int = 0) -> list[torch.Tensor]:
+    """FFN inputs (rows = tokens) of every layer on ``ids``, subsampled to ``max_rows``."""
+    n_layers = spec.num_layers(model.config)
+    captured: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    hooks = []
+    for i in range(n_layers):
+        module = model.get_submodule(spec.layer_name(i, spec.state).removesuffix(".weight"))
+        hooks.append(module.register_forward_pre_hook(lambda m, args, i=i: captured[i].append(args[0].detach().float())))
+    try:
+        with status("Capturing FFN inputs on self-text"), torch.no_grad():
+            for row in ids:
+                model(row[None])
+    finally:
+        for h in hooks:
+            h.remove()
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for rows in captured:
+        X = torch.cat([r.reshape(-1, r.shape[-1]) for r in rows])
+        if X.shape[0] > max_rows:
+            X = X[torch.randperm(X.shape[0], generator=g)[:max_rows]]
+        out.append(X)
+    return out
