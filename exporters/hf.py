@@ -44,6 +44,7 @@ def write_hf_checkpoint(
     """Write the pruned checkpoint into the (staging) directory ``out``; returns the new config."""
     ckpt = Checkpoint(source)
     spec = get_arch_spec(ckpt.config.get("model_type"))
+    out.mkdir(parents=True, exist_ok=True)
     n_layers = spec.num_layers(ckpt.config)
     if len(plan.layers) != n_layers:
         raise PlanMismatch(f"plan has {len(plan.layers)} layers, the model has {n_layers}")

@@ -36,11 +36,12 @@ def write_widths_chart(plan: PruningPlan, path: Path, title: str = "") -> Path:
 def _quality_rows(quality: dict[str, Any] | None) -> str:
     if not quality:
         return "Not evaluated (`--no-eval`). Run `prunenet eval <this directory>`.\n"
-    keys = [("ppl_dense", "perplexity, dense"), ("ppl_pruned", "perplexity, pruned"),
+    keys = [("dense_ppl", "perplexity, dense"), ("pruned_ppl", "perplexity, pruned"),
             ("ppl_ratio", "perplexity ratio"), ("kl", "KL(dense || pruned), nats/token"),
             ("top1_agreement", "top-1 agreement")]
     rows = "\n".join(f"| {label} | {quality[k]:.4g} |" for k, label in keys if k in quality)
-    note = f"\nText: {quality.get('text', 'default reference text')}, {quality.get('tokens', '?')} tokens.\n"
+    text = (quality.get("meta") or {}).get("text", "the default reference text")
+    note = f"\nScored on {quality.get('n_tokens', '?')} tokens of {text}.\n"
     return "| metric | value |\n|---|---|\n" + rows + "\n" + note
 
 

@@ -96,7 +96,7 @@ class Checkpoint:
         out: dict[str, tuple[int, ...]] = {}
         for shard in self.shards:
             with self._open(self.path / shard) as f:
-                for name in f.keys():
+                for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
                     out[name] = tuple(f.get_slice(name).get_shape())
         return out
 

@@ -21,9 +21,9 @@ from .features import FEATURES, neuron_features
 from .ffn import LayerFFN, load_ffns
 from .methods import METHODS, Method
 from .plan import LayerPlan, PruningPlan
-from .policy import PolicyNetwork, load_policy
+from .policy import PolicyNetwork, load_policy, policy_fingerprint
 from .progress import track
-from .rewards import OutputReward, SpectralReward, synthetic_inputs
+from .rewards import OutputReward, PeakReward, SpectralReward, spike_inputs
 from .train import TrainConfig, train_policy
 
 __all__ = ["PruneConfig", "PlanResult", "make_plan", "resolve_device"]
@@ -51,8 +51,6 @@ class PruneConfig:
     """A saved policy to reuse (no training)."""
     self_data: int = 0
     """Tokens of self-generated text for activation statistics; 0 = weights only."""
-    samples: int = 512
-    """Synthetic inputs per layer for the data-free output reward."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -103,7 +101,8 @@ def make_plan(source: Path, cfg: PruneConfig, source_name: str | None = None) ->
     torch.manual_seed(cfg.seed)
     ffns = [f.to(device) for f in load_ffns(ckpt, spec)]
     inputs = _reward_inputs(source, spec, ffns, cfg)
-    outputs = [OutputReward(f, X) for f, X in zip(ffns, inputs, strict=True)]
+    reward_cls = OutputReward if cfg.self_data else PeakReward
+    outputs = [reward_cls(f, X) for f, X in zip(ffns, inputs, strict=True)]
     result = PlanResult(plan=None)  # type: ignore[arg-type]
     scores = _scores(method, ffns, outputs, full, cfg, ckpt, spec, result)
     orders = [torch.argsort(s, descending=True, stable=True).cpu() for s in scores]
@@ -136,11 +135,10 @@ def _reward_inputs(source: Path, spec: ArchSpec, ffns: list[LayerFFN], cfg: Prun
         X = capture_ffn_inputs(model, spec, ids, seed=cfg.seed)
         del model
         return [x.to(f.W.device) for x, f in zip(X, ffns, strict=True)]
-    g = torch.Generator().manual_seed(cfg.seed)
-    return [synthetic_inputs(f, cfg.samples, g) for f in ffns]
+    return [spike_inputs(f) for f in ffns]
 
 
-def _states(method: Method, ffns: list[LayerFFN], outputs: list[OutputReward]) -> list[torch.Tensor]:
+def _states(method: Method, ffns: list[LayerFFN], outputs: list) -> list[torch.Tensor]:
     if method.state == "features":
         return [neuron_features(f, o.H) for f, o in zip(ffns, outputs, strict=True)]
     return [f.W for f in ffns]
@@ -168,7 +166,8 @@ def _scores(method, ffns, outputs, full, cfg, ckpt, spec, result) -> list[torch.
         trained = train_policy(policy, states, costs, ks, tcfg)
         result.history = trained.history
         result.policy_metadata = {**meta, "train": {**asdict(tcfg), "ratio": cfg.ratio, "self_data": cfg.self_data,
-                                                     "best_episode": trained.best_episode}}
+                                                     "best_episode": trained.best_episode},
+                                  "fingerprint": policy_fingerprint(policy)}
     result.policy = policy
     with torch.no_grad():
         return [policy.keep_logits(S) for S in track(states, "Scoring layers", total=len(states))]

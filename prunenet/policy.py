@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import PolicyMismatch
 
-__all__ = ["PolicyNetwork", "POLICY_FILE", "save_policy", "load_policy", "gumbel_sigmoid"]
+__all__ = ["PolicyNetwork", "POLICY_FILE", "save_policy", "load_policy", "gumbel_sigmoid", "policy_fingerprint"]
 
 POLICY_FILE = "prunenet-policy.safetensors"
 
@@ -56,7 +56,7 @@ def gumbel_sigmoid(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(torch.log(u) - torch.log1p(-u) + logits)
 
 
-def _fingerprint(policy: PolicyNetwork) -> str:
+def policy_fingerprint(policy: PolicyNetwork) -> str:
     h = hashlib.sha256()
     for name, t in sorted(policy.state_dict().items()):
         h.update(name.encode())
@@ -66,7 +66,7 @@ def _fingerprint(policy: PolicyNetwork) -> str:
 
 def save_policy(policy: PolicyNetwork, path: Path, metadata: dict[str, Any]) -> str:
     """Write the policy (safetensors, JSON metadata); returns its fingerprint."""
-    fp = _fingerprint(policy)
+    fp = policy_fingerprint(policy)
     meta = {"prunenet": json.dumps({**metadata, "state_dim": policy.state_dim, "width": policy.width, "fingerprint": fp})}
     tensors = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
     save_file(tensors, str(path), metadata=meta)
@@ -81,7 +81,7 @@ def load_policy(path: Path) -> tuple[PolicyNetwork, dict[str, Any]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["prunenet"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
         policy = PolicyNetwork(int(meta["state_dim"]), int(meta["width"]))
         policy.load_state_dict(tensors)
     except PolicyMismatch:

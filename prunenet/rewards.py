@@ -3,9 +3,13 @@
 * :class:`SpectralReward` is the paper's: the KS distance between the singular values of the
   first FFN matrix and of its kept rows (§3). It only sees ``W``, so it is blind to neurons with
   small gate rows but huge, rare outputs (measured on SmolLM2: removing them wrecks the model).
-* :class:`OutputReward` is ours: the relative error of the whole FFN output when the removed
-  neurons are dropped, on inputs ``X`` that are either synthetic (Gaussian with the FFN norm's
-  gain; no data at all) or the model's own activations on text it generated itself.
+* :class:`OutputReward` is ours with ``--self-data``: the relative error of the whole FFN output
+  when the removed neurons are dropped, on the model's own activations on text it generated.
+* :class:`PeakReward` is ours from weights alone: the share of the layer's peak output mass that
+  is removed. Real hidden states carry massive activations in a few channels, so the inputs are
+  normalised one-channel spikes (``sqrt(d) * gain_j * e_j``); a neuron's peak is its largest
+  activation on any spike times the largest entry of its output column. (Gaussian inputs, the
+  obvious data-free choice, rank like gate-row magnitude, which measured far worse than random.)
 
 Both expose ``cost(kept)`` (lower is better) and ``curve(order, widths)``, the cost of keeping the
 top-``k`` neurons of a ranking for each ``k``, which drives the non-uniform allocation.
@@ -18,7 +22,7 @@ import torch
 from .ffn import LayerFFN
 from .spectrum import ks_distance, singular_values
 
-__all__ = ["SpectralReward", "OutputReward", "synthetic_inputs"]
+__all__ = ["SpectralReward", "OutputReward", "PeakReward", "synthetic_inputs", "spike_inputs"]
 
 
 class SpectralReward:
@@ -39,6 +43,28 @@ def synthetic_inputs(ffn: LayerFFN, n: int, generator: torch.Generator) -> torch
     """Data-free FFN inputs: a normalised hidden state has unit RMS, scaled by the norm's gain."""
     z = torch.randn(n, ffn.W.shape[1], generator=generator, device="cpu").to(ffn.W.device)
     return z * ffn.gain
+
+
+def spike_inputs(ffn: LayerFFN) -> torch.Tensor:
+    """One normalised hidden state per channel, all its RMS in that channel (d x d)."""
+    d = ffn.W.shape[1]
+    return torch.diag(ffn.gain) * d**0.5
+
+
+class PeakReward:
+    """Share of the layer's peak output mass removed: a linear cost, outlier neurons weigh most."""
+
+    def __init__(self, ffn: LayerFFN, X: torch.Tensor) -> None:
+        self.H = ffn.hidden(X)
+        self.peak = self.H.abs().amax(0) * ffn.D.abs().amax(1)
+        self.total = max(float(self.peak.sum()), 1e-30)
+
+    def cost(self, kept: torch.Tensor) -> float:
+        return 1.0 - float(self.peak[kept].sum()) / self.total
+
+    def curve(self, order: torch.Tensor, widths: list[int]) -> list[float]:
+        cum = torch.cat([self.peak.new_zeros(1), self.peak[order].cumsum(0)])
+        return [1.0 - float(cum[k]) / self.total for k in widths]
 
 
 class OutputReward:

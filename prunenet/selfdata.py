@@ -13,29 +13,22 @@ import torch
 from .arch import ArchSpec
 from .progress import status
 
-__all__ = ["PROMPTS", "generate_self_text", "capture_ffn_inputs"]
-
-PROMPTS = ("The", "In", "Once upon a time", "Here is", "I think", "A", "It was", "We")
+__all__ = ["generate_self_text", "capture_ffn_inputs"]
 
 
-def generate_self_text(model, tokenizer, tokens: int, seed: int = 0, sample_len: int = 128) -> torch.Tensor:
-    """Sample ``tokens`` tokens of the model's own text; returns token ids (n_samples x sample_len)."""
+def generate_self_text(model, tokenizer, tokens: int, seed: int = 0, sample_len: int = 128) -> list[torch.Tensor]:
+    """About ``tokens`` tokens the model samples itself, as id rows (one per sample, document start first)."""
+    from .texts import document_start_id, self_generated_text
+
     n = max(1, -(-tokens // sample_len))
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
-    torch.manual_seed(seed)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    batch = tokenizer(prompts, return_tensors="pt", padding=True)
-    with status(f"Generating {n} x {sample_len} tokens of self-text"), torch.no_grad():
-        out = model.generate(
-            **batch, do_sample=True, top_p=0.95, temperature=1.0, max_new_tokens=sample_len,
-            min_new_tokens=sample_len, pad_token_id=tokenizer.pad_token_id,
-        )
-    return out[:, batch["input_ids"].shape[1] :]
+    with status(f"Generating {n} x {sample_len} tokens of self-text"):
+        texts = self_generated_text(model, tokenizer, n_samples=n, n_tokens=sample_len, seed=seed)
+    start = document_start_id(tokenizer)
+    prefix = [start] if start is not None else []
+    return [torch.tensor([prefix + tokenizer(t, add_special_tokens=False)["input_ids"]]) for t in texts]
 
 
-def capture_ffn_inputs(model, spec: ArchSpec, ids: torch.Tensor, max_rows: int = 4096, seed: int = 0) -> list[torch.Tensor]:
+def capture_ffn_inputs(model, spec: ArchSpec, ids: list[torch.Tensor], max_rows: int = 4096, seed: int = 0) -> list[torch.Tensor]:
     """FFN inputs (rows = tokens) of every layer on ``ids``, subsampled to ``max_rows``."""
     n_layers = spec.num_layers(model.config)
     captured: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
@@ -46,7 +39,7 @@ def capture_ffn_inputs(model, spec: ArchSpec, ids: torch.Tensor, max_rows: int =
     try:
         with status("Capturing FFN inputs on self-text"), torch.no_grad():
             for row in ids:
-                model(row[None])
+                model(row)
     finally:
         for h in hooks:
             h.remove()

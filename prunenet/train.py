@@ -105,10 +105,8 @@ def _fixed_episode(policy, opt, states, costs, ks, cfg, g) -> float:
         samples = [_sample(logits, k, g) for _ in range(cfg.rollouts)]
         r = torch.tensor([-cost(kept) for _, kept in samples])
         total += float(-r.mean())
-        if cfg.rollouts > 1:  # leave-one-out baseline, normalised
-            adv = (r - (r.sum() - r) / (cfg.rollouts - 1)) / (r.std() + 1e-8)
-        else:
-            adv = r
+        # leave-one-out baseline, normalised (a single rollout has no baseline)
+        adv = (r - (r.sum() - r) / (cfg.rollouts - 1)) / (r.std() + 1e-8) if cfg.rollouts > 1 else r
         for (o, kept), a in zip(samples, adv, strict=True):
             logp = torch.log(o[kept].clamp_min(1e-12)).sum() / k
             loss = loss - (cfg.gamma**layer) * float(a) * logp

@@ -49,7 +49,7 @@ def setup_output(quiet: bool, verbose: int, as_json: bool = False) -> None:
         import transformers
 
         transformers.logging.set_verbosity_error() if not verbose else None
-        transformers.utils.logging.disable_progress_bar() if (quiet or as_json) else None
+        transformers.utils.logging.disable_progress_bar() if verbose < 2 else None
     except Exception:  # transformers missing is reported by the command that needs it
         pass
 

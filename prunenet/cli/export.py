@@ -58,8 +58,9 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
       prunenet-export --model ./my-llama --ratio 0.2 --policy out/prunenet-policy.safetensors --out out-0.2
     """
     setup_output(quiet, verbose, as_json)
-    from .job import ExportRequest, run_export
     from prunenet.pipeline import PruneConfig
+
+    from .job import ExportRequest, run_export
 
     cfg = PruneConfig(ratio=ratio, method=method, allocation=allocation, align=align, tp=tuple(tp),
                       episodes=episodes, lr=lr, seed=seed, device=device, policy=policy, self_data=self_data)
@@ -92,7 +93,13 @@ def _report(result: dict) -> None:
     console.print(table)
     q = result.get("quality")
     if q:
-        console.print(f"quality: perplexity {q['ppl_dense']:.2f} -> {q['ppl_pruned']:.2f} "
+        console.print(f"quality: perplexity {q['dense_ppl']:.2f} -> {q['pruned_ppl']:.2f} "
                       f"(x{q['ppl_ratio']:.2f}), KL {q['kl']:.4f}, top-1 agreement {q['top1_agreement']:.3f}")
     for warning in result.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+if __name__ == "__main__":
+    from .common import run_cli
+
+    run_cli(command)

@@ -1,0 +1,124 @@
+"""Evaluation text: a bundled public-domain excerpt, and text the dense model writes itself.
+
+Perplexity and KL are only comparable when every variant is scored on the same ordinary
+English that neither we nor the model wrote. The bundled text is Chapter I of *Botchan
+(Master Darling)* by Natsume Soseki, English translation by Yasotaro Morri (1919), public
+domain in the US; about 5.3k SmolLM2 tokens (22 KB). It comes from the PyPI source
+distribution ``sentencepiece==0.2.3`` (Apache-2.0 package; file
+``sentencepiece-0.2.3/test/botchan.txt``, Project Gutenberg EBook #8868), reduced to Chapter I
+with the Project Gutenberg header, licence and trademark removed, hard line wraps undone and
+footnotes dropped. ``prunenet/data/SOURCE.md`` records the exact recipe and checksums.
+
+A 19th/20th-century translation may be partly memorized by a model trained on web text, which
+lowers its perplexity a little; it does not bias the comparison of a pruned model with its own
+dense source, which is what this text is for.
+
+:func:`self_generated_text` gives the complementary view: samples from the dense model itself
+(fixed prompts and seed), on which the dense model is by construction at home.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+__all__ = [
+    "SOURCE",
+    "TEXTS",
+    "DEFAULT_SLICE_CHARS",
+    "PROMPTS",
+    "reference_text",
+    "document_start_id",
+    "self_generated_text",
+]
+
+SOURCE = {
+    "title": "Botchan (Master Darling), Chapter I",
+    "author": "Natsume Soseki (Kin-nosuke Natsume), tr. Yasotaro Morri, rev. J. R. Kennedy, 1919",
+    "licence": "public domain (US); Project Gutenberg header, licence and trademark removed",
+    "package": "sentencepiece==0.2.3 (PyPI source distribution, Apache-2.0)",
+    "file": "sentencepiece-0.2.3/test/botchan.txt (Project Gutenberg EBook #8868)",
+    "file_sha256": "464bd5300c24fce16fcc4555d4231a57632caae4d0090ad6aa92854a3b227ba7",
+    "bundled": "prunenet/data/botchan-ch1.txt",
+    "bundled_sha256": "d5016ddf5f581f113ca3f429056f9164c4a747155a8940df7456784878d49763",
+}
+"""Where the bundled reference text comes from, exactly."""
+
+_FILE = "botchan-ch1.txt"
+DEFAULT_SLICE_CHARS = 8000
+"""The quick ``default`` slice: whole leading paragraphs up to this many characters (~1.5k tokens)."""
+
+TEXTS = ("default", "full")
+"""Names accepted by :func:`reference_text`."""
+
+PROMPTS = ("The", "In", "Once upon a time", "Here is", "I think", "A", "It was", "We")
+"""Neutral short prompts the self-generated samples start from (cycled)."""
+
+
+def _full_text() -> str:
+    return resources.files("prunenet").joinpath("data", _FILE).read_text(encoding="utf-8")
+
+
+def _leading_paragraphs(text: str, max_chars: int) -> str:
+    """Whole paragraphs from the start totalling at most ``max_chars`` (at least one paragraph)."""
+    out: list[str] = []
+    size = 0
+    for para in text.split("\n\n"):
+        if out and size + len(para) > max_chars:
+            break
+        out.append(para)
+        size += len(para) + 2
+    return "\n\n".join(out).rstrip() + "\n"
+
+
+def reference_text(name: str = "default") -> str:
+    """The bundled reference text: ``default`` (~1.5k tokens, quick) or ``full`` (~5.3k tokens)."""
+    if name not in TEXTS:
+        raise ValueError(f"unknown reference text {name!r}; choose one of {', '.join(TEXTS)}")
+    text = _full_text()
+    return text if name == "full" else _leading_paragraphs(text, DEFAULT_SLICE_CHARS)
+
+
+def document_start_id(tokenizer) -> int | None:
+    """The token a document follows in pre-training: the BOS the tokenizer adds, else its end-of-text.
+
+    Without it the first position is out of distribution for most base models (SmolLM2 continues
+    a bare "The" with "-" 42% of the time; after ``<|endoftext|>`` it continues with a noun).
+    """
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    if len(full) > len(plain) and full[-len(plain):] == plain:
+        return full[0]
+    eot = tokenizer.get_vocab().get("<|endoftext|>")
+    if eot is not None:
+        return eot
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def self_generated_text(model, tokenizer, n_samples: int = 8, n_tokens: int = 200, seed: int = 0,
+                        temperature: float = 1.0, top_p: float = 0.95) -> list[str]:
+    """``n_samples`` texts the model samples itself from :data:`PROMPTS` (prompt included).
+
+    Each prompt starts a fresh document (:func:`document_start_id`). Sampling is seeded and
+    batched with left padding, so the result is deterministic for a given model, seed and
+    device; the caller's global RNG state is left untouched. Every sample has exactly
+    ``n_tokens`` new tokens (end-of-text is suppressed until then).
+    """
+    import torch
+
+    if n_samples < 1 or n_tokens < 1:
+        raise ValueError("n_samples and n_tokens must be positive")
+    start = document_start_id(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompts = [([start] if start is not None else []) + tokenizer(PROMPTS[i % len(PROMPTS)],
+                                                                  add_special_tokens=False)["input_ids"]
+               for i in range(n_samples)]
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, do_sample=True, temperature=temperature,
+            top_p=top_p, top_k=0, max_new_tokens=n_tokens, min_new_tokens=n_tokens, pad_token_id=pad_id,
+        )
+    return [tokenizer.decode(row[width - len(p):], skip_special_tokens=True) for p, row in zip(prompts, out, strict=True)]

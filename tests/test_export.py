@@ -1,0 +1,168 @@
+"""Export directories: formats, reload parity, atomicity and refusal of bad outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM
+
+from exporters import ExportConfig, export_hf
+from exporters.hf_config import MODELING_FILE
+from exporters.staging import staged_output
+from prunenet.cli import main
+from prunenet.errors import OutputExistsError
+from prunenet.pipeline import PruneConfig, make_plan
+from prunenet.surgery import apply_plan_
+from tiny_models import TINY_CONFIGS
+
+IDS = torch.randint(0, 500, (2, 10), generator=torch.Generator().manual_seed(0))
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+def test_nonuniform_export_reloads_identically_and_fails_loudly_without_remote_code(tiny_models, tmp_path,
+                                                                                     model_type):
+    src = tiny_models[model_type]
+    plan = make_plan(src, PruneConfig(ratio=0.4, align=16, episodes=2)).plan
+    assert not plan.is_uniform
+    report = export_hf(src, plan, tmp_path, ExportConfig())
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == [report["architecture"]] and report["architecture"].startswith("Pruned")
+    assert config["intermediate_sizes"] == plan.widths and (tmp_path / MODELING_FILE).is_file()
+    reference = apply_plan_(AutoModelForCausalLM.from_pretrained(src).eval(), plan)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    assert torch.equal(_logits(reloaded), _logits(reference))
+    with pytest.raises(Exception):  # noqa: B017 - transformers raises a size-mismatch RuntimeError
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_padded_and_uniform_exports_are_stock(tiny_models, tmp_path):
+    src = tiny_models["llama"]
+    plan = make_plan(src, PruneConfig(ratio=0.4, align=16, episodes=2)).plan
+    export_hf(src, plan, tmp_path / "padded", ExportConfig(compat="padded"))
+    cfg = json.loads((tmp_path / "padded" / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and "auto_map" not in cfg
+    padded = AutoModelForCausalLM.from_pretrained(tmp_path / "padded").eval()
+    reference = apply_plan_(AutoModelForCausalLM.from_pretrained(src).eval(), plan)
+    assert type(padded).__name__ == "LlamaForCausalLM"
+    assert torch.allclose(_logits(padded), _logits(reference), atol=1e-5)
+    uniform = make_plan(src, PruneConfig(ratio=0.4, align=16, allocation="uniform", episodes=2)).plan
+    export_hf(src, uniform, tmp_path / "uniform", ExportConfig())
+    cfg = json.loads((tmp_path / "uniform" / "config.json").read_text())
+    assert cfg["intermediate_size"] == uniform.widths[0] and "intermediate_sizes" not in cfg
+    assert not (tmp_path / "uniform" / MODELING_FILE).exists()
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "uniform")).__name__ == "LlamaForCausalLM"
+
+
+def test_ratio_zero_reproduces_source_logits(tiny_models, tmp_path):
+    src = tiny_models["qwen2"]
+    plan = make_plan(src, PruneConfig(ratio=0.0)).plan
+    export_hf(src, plan, tmp_path, ExportConfig())
+    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(tmp_path)),
+                       _logits(AutoModelForCausalLM.from_pretrained(src)))
+
+
+def test_modeling_file_is_small_and_pinned():
+    import hashlib
+
+    import exporters.hf as hf
+
+    data = (Path(hf.__file__).parent / "templates" / MODELING_FILE).read_bytes()
+    imports = {line.split()[1] for line in data.decode().splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= {"copy", "transformers", "torch"}
+    assert len(data) < 6000
+    assert hashlib.sha256(data).hexdigest() == MODELING_SHA256
+
+
+MODELING_SHA256 = "8a22e4a391759f03e14205c317707139ef43b952068bdcee5c443be40020c114"
+
+
+def test_staged_output_is_atomic_and_refuses_existing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError), staged_output(out) as stage:
+        (stage / "half-written").write_text("x")
+        raise RuntimeError("boom")
+    assert not out.exists() and not list(tmp_path.iterdir())
+    out.mkdir()
+    (out / "keep").write_text("precious")
+    with pytest.raises(OutputExistsError), staged_output(out):
+        pass
+    assert (out / "keep").read_text() == "precious"
+    with staged_output(out, force=True) as stage:
+        (stage / "new").write_text("y")
+    assert sorted(p.name for p in out.iterdir()) == ["new"]
+
+
+def test_stale_staging_dir_of_a_killed_run_is_cleaned(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".out.prunenet-tmp-{dead.pid}"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"partial")
+    with staged_output(tmp_path / "out") as stage:
+        (stage / "ok").write_text("1")
+    assert not stale.exists() and (tmp_path / "out" / "ok").exists()
+
+
+def test_cli_refuses_nonempty_out_and_out_inside_source(tiny_models, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x").write_text("1")
+    r = runner.invoke(main, ["export", "--model", str(tiny_models["llama"]), "--ratio", "0.3", "--out", str(out)])
+    assert r.exit_code == 1 and "--force" in r.output and (out / "x").exists()
+    inside = tiny_models["llama"] / "pruned"
+    r = runner.invoke(main, ["export", "--model", str(tiny_models["llama"]), "--ratio", "0.3", "--out", str(inside)])
+    assert r.exit_code == 1 and "inside the source" in r.output and not inside.exists()
+
+
+def test_cli_export_end_to_end_json(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["export", "--model", str(tiny_models["mistral"]), "--ratio", "0.3", "--align", "16",
+                                  "--episodes", "2", "--out", str(out), "--no-eval", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    assert abs(result["achieved_ratio"] - 0.3) <= 16 / 192
+    for name in ("config.json", "model.safetensors", "prunenet-plan.json", "prunenet-policy.safetensors",
+                 "README.md", "prunenet-widths.png"):
+        assert (out / name).is_file(), name
+    assert result["export"]["max_logit_diff"] < 1e-4
+    # the saved policy prunes at another ratio with no training
+    r2 = CliRunner().invoke(main, ["export", "--model", str(tiny_models["mistral"]), "--ratio", "0.1", "--align", "16",
+                                   "--policy", str(out / "prunenet-policy.safetensors"), "--out",
+                                   str(tmp_path / "out2"), "--no-eval", "--json"])
+    assert r2.exit_code == 0, r2.output
+    assert json.loads(r2.output.strip().splitlines()[-1])["policy_fingerprint"] == result["policy_fingerprint"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_training_leaves_nothing(tiny_models, tmp_path, sig, code):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prunenet.cli.export", "--model", str(tiny_models["llama"]), "--ratio", "0.3",
+         "--episodes", "100000", "--align", "16", "--out", str(out), "--no-eval", "-v"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PRUNENET_PROGRESS": "0"},
+    )
+    deadline = time.monotonic() + 120
+    seen = b""
+    while b"episode 2:" not in seen and time.monotonic() < deadline:  # wait until training is under way
+        seen += proc.stderr.readline()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    err = seen + err
+    assert proc.returncode == code, err.decode()[-500:]
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+    assert b"Traceback" not in err
