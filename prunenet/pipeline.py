@@ -7,6 +7,7 @@ across layers and returns the plan plus the policy to save. Nothing is written h
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,8 +50,9 @@ class PruneConfig:
     device: str = "auto"
     policy: Path | None = None
     """A saved policy to reuse (no training)."""
-    self_data: int = 0
-    """Tokens of self-generated text for activation statistics; 0 = weights only."""
+    self_data: int = 2048
+    """Tokens of text the model generates itself, for activation statistics; 0 = weights only.
+    On by default because it measurably wins (SmolLM2 at ratio 0.3: KL 0.84 vs 2.0 weights-only)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -100,16 +102,20 @@ def make_plan(source: Path, cfg: PruneConfig, source_name: str | None = None) ->
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     ffns = [f.to(device) for f in load_ffns(ckpt, spec)]
-    inputs = _reward_inputs(source, spec, ffns, cfg)
+    inputs, residual = _reward_inputs(source, spec, ffns, cfg)
     reward_cls = OutputReward if cfg.self_data else PeakReward
     outputs = [reward_cls(f, X) for f, X in zip(ffns, inputs, strict=True)]
+    # a layer's cost counts relative to the residual stream it writes into (self-data only)
+    weights = [o.output_energy / r for o, r in zip(outputs, residual, strict=True)] if residual else [1.0] * n_layers
     result = PlanResult(plan=None)  # type: ignore[arg-type]
     scores = _scores(method, ffns, outputs, full, cfg, ckpt, spec, result)
     orders = [torch.argsort(s, descending=True, stable=True).cpu() for s in scores]
     if cfg.allocation == "uniform":
         widths = uniform_widths(full, cfg.ratio, step)
     else:
-        widths = sensitivity_widths(full, cfg.ratio, step, lambda i, ws: outputs[i].curve(orders[i].to(device), ws))
+        widths = sensitivity_widths(
+            full, cfg.ratio, step, lambda i, ws: [weights[i] * c for c in outputs[i].curve(orders[i].to(device), ws)]
+        )
     layers = tuple(
         LayerPlan(tuple(sorted(order[:w].tolist())), m, tuple(s.float().cpu().tolist()))
         for order, w, m, s in zip(orders, widths, full, scores, strict=True)
@@ -123,19 +129,27 @@ def spec_name(ckpt: Checkpoint) -> str:
     return str(ckpt.config["model_type"])
 
 
-def _reward_inputs(source: Path, spec: ArchSpec, ffns: list[LayerFFN], cfg: PruneConfig) -> list[torch.Tensor]:
+def _reward_inputs(
+    source: Path, spec: ArchSpec, ffns: list[LayerFFN], cfg: PruneConfig
+) -> tuple[list[torch.Tensor], list[float]]:
+    """Inputs of each layer's reward, and (self-data only) each layer's mean residual-stream energy."""
     if cfg.self_data:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        X, residual = _self_data(str(source), spec, cfg.self_data, cfg.seed)
+        return [x.to(f.W.device) for x, f in zip(X, ffns, strict=True)], residual
+    return [spike_inputs(f) for f in ffns], []
 
-        from .selfdata import capture_ffn_inputs, generate_self_text
 
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-        tok = AutoTokenizer.from_pretrained(source)
-        ids = generate_self_text(model, tok, cfg.self_data, seed=cfg.seed)
-        X = capture_ffn_inputs(model, spec, ids, seed=cfg.seed)
-        del model
-        return [x.to(f.W.device) for x, f in zip(X, ffns, strict=True)]
-    return [spike_inputs(f) for f in ffns]
+@functools.lru_cache(maxsize=2)
+def _self_data(source: str, spec: ArchSpec, tokens: int, seed: int) -> tuple[list[torch.Tensor], list[float]]:
+    """Generated once per (model, tokens, seed) in a process: a benchmark reuses it across variants."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .selfdata import capture_ffn_inputs, generate_self_text
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(source)
+    ids = generate_self_text(model, tok, tokens, seed=seed)
+    return capture_ffn_inputs(model, spec, ids, seed=seed)
 
 
 def _states(method: Method, ffns: list[LayerFFN], outputs: list) -> list[torch.Tensor]:

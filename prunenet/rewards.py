@@ -77,6 +77,8 @@ class OutputReward:
         H = ffn.hidden(X)  # N x m
         self.H, self.D = H, ffn.D
         self.total = max(float((H @ ffn.D).pow(2).sum()), 1e-30)
+        self.output_energy = self.total / H.shape[0]
+        """Mean squared norm of the FFN output per token."""
         # ||H_R D_R||^2 = 1_R^T ((H^T H) o (D D^T)) 1_R: precompute the m x m form when it is small
         self.M = (H.T @ H) * (ffn.D @ ffn.D.T) if H.shape[1] <= self.gram_limit else None
 

@@ -28,14 +28,31 @@ def generate_self_text(model, tokenizer, tokens: int, seed: int = 0, sample_len:
     return [torch.tensor([prefix + tokenizer(t, add_special_tokens=False)["input_ids"]]) for t in texts]
 
 
-def capture_ffn_inputs(model, spec: ArchSpec, ids: list[torch.Tensor], max_rows: int = 4096, seed: int = 0) -> list[torch.Tensor]:
-    """FFN inputs (rows = tokens) of every layer on ``ids``, subsampled to ``max_rows``."""
+def capture_ffn_inputs(
+    model, spec: ArchSpec, ids: list[torch.Tensor], max_rows: int = 4096, seed: int = 0
+) -> tuple[list[torch.Tensor], list[float]]:
+    """FFN inputs (rows = tokens) of every layer on ``ids``, subsampled to ``max_rows``, and the
+    mean squared norm of the residual stream entering each layer (what an FFN error is relative to)."""
     n_layers = spec.num_layers(model.config)
     captured: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    residual = [[0.0, 0] for _ in range(n_layers)]
+
+    def grab_ffn(i):
+        return lambda m, args: captured[i].append(args[0].detach().float())
+
+    def grab_residual(i):
+        def hook(m, args, kwargs):
+            h = (args[0] if args else kwargs["hidden_states"]).detach().float()
+            residual[i][0] += float(h.pow(2).sum())
+            residual[i][1] += h.numel() // h.shape[-1]
+        return hook
+
     hooks = []
     for i in range(n_layers):
-        module = model.get_submodule(spec.layer_name(i, spec.state).removesuffix(".weight"))
-        hooks.append(module.register_forward_pre_hook(lambda m, args, i=i: captured[i].append(args[0].detach().float())))
+        ffn = model.get_submodule(spec.layer_name(i, spec.state).removesuffix(".weight"))
+        hooks.append(ffn.register_forward_pre_hook(grab_ffn(i)))
+        layer = model.get_submodule(f"{spec.layers_prefix}.{i}")
+        hooks.append(layer.register_forward_pre_hook(grab_residual(i), with_kwargs=True))
     try:
         with status("Capturing FFN inputs on self-text"), torch.no_grad():
             for row in ids:
@@ -50,4 +67,4 @@ def capture_ffn_inputs(model, spec: ArchSpec, ids: list[torch.Tensor], max_rows:
         if X.shape[0] > max_rows:
             X = X[torch.randperm(X.shape[0], generator=g)[:max_rows]]
         out.append(X)
-    return out
+    return out, [total / max(count, 1) for total, count in residual]

@@ -90,7 +90,7 @@ def test_pruned_ffn_equals_masked_dense(tiny_models, model_type):
     from prunenet.arch import get_arch_spec
 
     src = tiny_models[model_type]
-    plan = make_plan(src, PruneConfig(ratio=0.4, method="magnitude", align=1)).plan
+    plan = make_plan(src, PruneConfig(self_data=0, ratio=0.4, method="magnitude", align=1)).plan
     spec = get_arch_spec(model_type)
     dense = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     masked = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
@@ -109,7 +109,7 @@ def test_pruned_ffn_equals_masked_dense(tiny_models, model_type):
 @pytest.mark.parametrize("method", ["prunenet", "prunenet-ks", "prunenet-paper", "random", "magnitude"])
 @pytest.mark.parametrize("allocation", ["sensitivity", "uniform"])
 def test_plan_is_deterministic_and_meets_budget(tiny_models, method, allocation):
-    cfg = PruneConfig(ratio=0.3, method=method, allocation=allocation, align=16, episodes=3, seed=7)
+    cfg = PruneConfig(self_data=0, ratio=0.3, method=method, allocation=allocation, align=16, episodes=3, seed=7)
     a = make_plan(tiny_models["llama"], cfg).plan
     b = make_plan(tiny_models["llama"], cfg).plan
     assert a.to_json() == b.to_json()
@@ -119,31 +119,31 @@ def test_plan_is_deterministic_and_meets_budget(tiny_models, method, allocation)
 
 
 def test_ratio_zero_keeps_everything(tiny_models):
-    plan = make_plan(tiny_models["llama"], PruneConfig(ratio=0.0)).plan
+    plan = make_plan(tiny_models["llama"], PruneConfig(self_data=0, ratio=0.0)).plan
     assert plan.is_identity and plan.removed_fraction == 0.0
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
 def test_every_architecture_trains_and_prunes(tiny_models, model_type):
-    result = make_plan(tiny_models[model_type], PruneConfig(ratio=0.5, align=32, episodes=2))
+    result = make_plan(tiny_models[model_type], PruneConfig(self_data=0, ratio=0.5, align=32, episodes=2))
     assert result.policy is not None and len(result.history) == 2
     assert all(w == 96 for w in result.plan.widths) or sum(result.plan.widths) == 3 * 96
 
 
 def test_policy_reuse_at_other_ratio_and_shape_check(tiny_models, tmp_path):
-    trained = make_plan(tiny_models["llama"], PruneConfig(ratio=0.3, align=1, episodes=3))
+    trained = make_plan(tiny_models["llama"], PruneConfig(self_data=0, ratio=0.3, align=1, episodes=3))
     path = tmp_path / "policy.safetensors"
     save_policy(trained.policy, path, trained.policy_metadata)
-    reused = make_plan(tiny_models["llama"], PruneConfig(ratio=0.3, align=1, policy=path)).plan
+    reused = make_plan(tiny_models["llama"], PruneConfig(self_data=0, ratio=0.3, align=1, policy=path)).plan
     assert reused.layers == trained.plan.layers  # same policy, same ratio: same plan
-    other = make_plan(tiny_models["llama"], PruneConfig(ratio=0.1, align=1, policy=path)).plan
+    other = make_plan(tiny_models["llama"], PruneConfig(self_data=0, ratio=0.1, align=1, policy=path)).plan
     for lo, hi in zip(trained.plan.layers, other.layers, strict=True):  # a higher ratio keeps a subset
         top = sorted(range(192), key=lambda j: -hi.scores[j])
         assert set(top[: lo.width]) == set(lo.kept) or lo.width > hi.width
     with pytest.raises(PolicyMismatch):  # other FFN shape (falcon tiny has ffn 192 but hidden differs? use opt)
         bad = PolicyNetwork(5, 77)
         save_policy(bad, tmp_path / "bad.safetensors", {"method": "prunenet"})
-        make_plan(tiny_models["llama"], PruneConfig(ratio=0.3, policy=tmp_path / "bad.safetensors"))
+        make_plan(tiny_models["llama"], PruneConfig(self_data=0, ratio=0.3, policy=tmp_path / "bad.safetensors"))
 
 
 @pytest.mark.parametrize("kwargs", [dict(ratio=1.0), dict(ratio=-0.1), dict(ratio=0.3, episodes=0),

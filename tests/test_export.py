@@ -36,7 +36,7 @@ def _logits(model):
 def test_nonuniform_export_reloads_identically_and_fails_loudly_without_remote_code(tiny_models, tmp_path,
                                                                                      model_type):
     src = tiny_models[model_type]
-    plan = make_plan(src, PruneConfig(ratio=0.4, align=16, episodes=2)).plan
+    plan = make_plan(src, PruneConfig(self_data=0, ratio=0.4, align=16, episodes=2)).plan
     assert not plan.is_uniform
     report = export_hf(src, plan, tmp_path, ExportConfig())
     config = json.loads((tmp_path / "config.json").read_text())
@@ -51,7 +51,7 @@ def test_nonuniform_export_reloads_identically_and_fails_loudly_without_remote_c
 
 def test_padded_and_uniform_exports_are_stock(tiny_models, tmp_path):
     src = tiny_models["llama"]
-    plan = make_plan(src, PruneConfig(ratio=0.4, align=16, episodes=2)).plan
+    plan = make_plan(src, PruneConfig(self_data=0, ratio=0.4, align=16, episodes=2)).plan
     export_hf(src, plan, tmp_path / "padded", ExportConfig(compat="padded"))
     cfg = json.loads((tmp_path / "padded" / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and "auto_map" not in cfg
@@ -59,7 +59,7 @@ def test_padded_and_uniform_exports_are_stock(tiny_models, tmp_path):
     reference = apply_plan_(AutoModelForCausalLM.from_pretrained(src).eval(), plan)
     assert type(padded).__name__ == "LlamaForCausalLM"
     assert torch.allclose(_logits(padded), _logits(reference), atol=1e-5)
-    uniform = make_plan(src, PruneConfig(ratio=0.4, align=16, allocation="uniform", episodes=2)).plan
+    uniform = make_plan(src, PruneConfig(self_data=0, ratio=0.4, align=16, allocation="uniform", episodes=2)).plan
     export_hf(src, uniform, tmp_path / "uniform", ExportConfig())
     cfg = json.loads((tmp_path / "uniform" / "config.json").read_text())
     assert cfg["intermediate_size"] == uniform.widths[0] and "intermediate_sizes" not in cfg
@@ -69,7 +69,7 @@ def test_padded_and_uniform_exports_are_stock(tiny_models, tmp_path):
 
 def test_ratio_zero_reproduces_source_logits(tiny_models, tmp_path):
     src = tiny_models["qwen2"]
-    plan = make_plan(src, PruneConfig(ratio=0.0)).plan
+    plan = make_plan(src, PruneConfig(self_data=0, ratio=0.0)).plan
     export_hf(src, plan, tmp_path, ExportConfig())
     assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(tmp_path)),
                        _logits(AutoModelForCausalLM.from_pretrained(src)))
@@ -122,7 +122,8 @@ def test_cli_refuses_nonempty_out_and_out_inside_source(tiny_models, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "x").write_text("1")
-    r = runner.invoke(main, ["export", "--model", str(tiny_models["llama"]), "--ratio", "0.3", "--out", str(out)])
+    r = runner.invoke(main, ["export", "--model", str(tiny_models["llama"]), "--ratio", "0.3", "--out", str(out),
+                             "--self-data", "0"])
     assert r.exit_code == 1 and "--force" in r.output and (out / "x").exists()
     inside = tiny_models["llama"] / "pruned"
     r = runner.invoke(main, ["export", "--model", str(tiny_models["llama"]), "--ratio", "0.3", "--out", str(inside)])
@@ -132,7 +133,7 @@ def test_cli_refuses_nonempty_out_and_out_inside_source(tiny_models, tmp_path):
 def test_cli_export_end_to_end_json(tiny_models, tmp_path):
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["export", "--model", str(tiny_models["mistral"]), "--ratio", "0.3", "--align", "16",
-                                  "--episodes", "2", "--out", str(out), "--no-eval", "--json"])
+                                  "--episodes", "2", "--out", str(out), "--no-eval", "--json", "--self-data", "0"])
     assert r.exit_code == 0, r.output
     result = json.loads(r.output.strip().splitlines()[-1])
     assert abs(result["achieved_ratio"] - 0.3) <= 16 / 192
@@ -143,7 +144,7 @@ def test_cli_export_end_to_end_json(tiny_models, tmp_path):
     # the saved policy prunes at another ratio with no training
     r2 = CliRunner().invoke(main, ["export", "--model", str(tiny_models["mistral"]), "--ratio", "0.1", "--align", "16",
                                    "--policy", str(out / "prunenet-policy.safetensors"), "--out",
-                                   str(tmp_path / "out2"), "--no-eval", "--json"])
+                                   str(tmp_path / "out2"), "--no-eval", "--json", "--self-data", "0"])
     assert r2.exit_code == 0, r2.output
     assert json.loads(r2.output.strip().splitlines()[-1])["policy_fingerprint"] == result["policy_fingerprint"]
 
@@ -153,7 +154,7 @@ def test_signal_during_training_leaves_nothing(tiny_models, tmp_path, sig, code)
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "prunenet.cli.export", "--model", str(tiny_models["llama"]), "--ratio", "0.3",
-         "--episodes", "100000", "--align", "16", "--out", str(out), "--no-eval", "-v"],
+         "--episodes", "100000", "--align", "16", "--out", str(out), "--no-eval", "-v", "--self-data", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PRUNENET_PROGRESS": "0"},
     )
     deadline = time.monotonic() + 120

@@ -39,8 +39,10 @@ _LOAD_HINTS = {
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--policy", type=click.Path(path_type=Path), default=None,
               help="Reuse a trained prunenet-policy.safetensors (no training).")
-@click.option("--self-data", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Tokens of self-generated text for activation statistics (0 = weights only).")
+@click.option("--plan", "plan_file", type=click.Path(path_type=Path), default=None,
+              help="Rebuild from a saved prunenet-plan.json (no training); it must belong to --model.")
+@click.option("--self-data", type=click.IntRange(min=0), default=2048, show_default=True,
+              help="Tokens of text the model generates itself, for activation statistics (0 = weights only).")
 @click.option("--compat", type=click.Choice(["native", "padded"]), default="native", show_default=True,
               help="padded: zero-pad every layer to the widest (stock architecture).")
 @click.option("--no-eval", is_flag=True, help="Skip the quality report.")
@@ -49,7 +51,7 @@ _LOAD_HINTS = {
 @verbosity_options
 @handle_errors
 def command(model, ratio, target, out, method, allocation, align, tp, episodes, lr, seed, device, policy,
-            self_data, compat, no_eval, force, as_json, quiet, verbose) -> None:
+            plan_file, self_data, compat, no_eval, force, as_json, quiet, verbose) -> None:
     """Prune FFN neurons with PruneNet (no calibration data) and export the model.
 
     \b
@@ -64,7 +66,8 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
 
     cfg = PruneConfig(ratio=ratio, method=method, allocation=allocation, align=align, tp=tuple(tp),
                       episodes=episodes, lr=lr, seed=seed, device=device, policy=policy, self_data=self_data)
-    request = ExportRequest(model=model, out=out, target=target, compat=compat, evaluate=not no_eval, force=force)
+    request = ExportRequest(model=model, out=out, target=target, compat=compat, evaluate=not no_eval, force=force,
+                            plan=plan_file)
     result = run_export(request, cfg)
     if as_json:
         emit_json(result)

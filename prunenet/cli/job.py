@@ -25,6 +25,8 @@ class ExportRequest:
     evaluate: bool = True
     force: bool = False
     validate: bool = True
+    plan: Path | None = None
+    """A saved plan to rebuild instead of making one."""
 
 
 def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
@@ -39,7 +41,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     source = resolve_model(req.model)
     check_output_dir(req.out, force=req.force, source=source.path)  # fail before any training
     device = resolve_device(cfg.device)
-    result = make_plan(source.path, cfg, source_name=source.name)
+    result = _saved_plan(req.plan, source.path) if req.plan else make_plan(source.path, cfg, source_name=source.name)
     plan = result.plan
     stats = parameter_stats(source.path, plan)
     warnings: list[str] = []
@@ -62,6 +64,18 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         "widths": plan.widths, "stats": stats, "export": report, "quality": quality, "warnings": warnings,
         "policy_fingerprint": plan.policy_fingerprint, "source_fingerprint": plan.source_fingerprint,
     }
+
+
+def _saved_plan(path: Path, source: Path):
+    from prunenet.checkpoint import Checkpoint
+    from prunenet.errors import PlanMismatch
+    from prunenet.pipeline import PlanResult
+    from prunenet.plan import PruningPlan
+
+    plan = PruningPlan.load(path)
+    if plan.source_fingerprint != Checkpoint(source).fingerprint():
+        raise PlanMismatch(f"--plan {path} was made for another model (fingerprint mismatch); re-plan this model")
+    return PlanResult(plan)
 
 
 def _quality(out: Path, source: Path) -> dict[str, Any] | None:

@@ -1,0 +1,134 @@
+"""Bad input: every case is a clear error, a non-zero exit, no traceback and no output directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prunenet.cli import main
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(main, ["export", "--self-data", "0", *args])
+
+
+def _assert_clean_failure(result, out: Path, expect: str) -> None:
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert expect.lower() in result.output.lower(), result.output
+    assert not out.exists()
+
+
+@pytest.fixture()
+def broken_models(tiny_models, tmp_path) -> dict[str, Path]:
+    src = tiny_models["llama"]
+    made = {}
+    made["no_config"] = tmp_path / "no_config"
+    made["no_config"].mkdir()
+    shutil.copy(src / "model.safetensors", made["no_config"])
+    made["bert"] = tmp_path / "bert"
+    shutil.copytree(src, made["bert"])
+    cfg = json.loads((src / "config.json").read_text())
+    (made["bert"] / "config.json").write_text(json.dumps({**cfg, "model_type": "bert"}))
+    made["truncated"] = tmp_path / "truncated"
+    shutil.copytree(src, made["truncated"])
+    data = (src / "model.safetensors").read_bytes()
+    (made["truncated"] / "model.safetensors").write_bytes(data[: len(data) // 2])
+    made["corrupt_header"] = tmp_path / "corrupt_header"
+    shutil.copytree(src, made["corrupt_header"])
+    (made["corrupt_header"] / "model.safetensors").write_bytes(b"\xff" * 64)
+    made["file"] = tmp_path / "weights.bin"
+    made["file"].write_bytes(b"x")
+    made["gguf_truncated"] = tmp_path / "model.gguf"
+    made["gguf_truncated"].write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 20)
+    return made
+
+
+CASES = [
+    (["--ratio", "1.0"], "ratio"),
+    (["--ratio", "-0.1"], "ratio"),
+    (["--ratio", "abc"], "ratio"),
+    (["--ratio", "0.3", "--align", "0"], "align"),
+    (["--ratio", "0.3", "--align", "-4"], "align"),
+    (["--ratio", "0.3", "--episodes", "0"], "episodes"),
+    (["--ratio", "0.3", "--target", "tflite"], "target"),
+    (["--ratio", "0.3", "--method", "sparsegpt"], "method"),
+    (["--ratio", "0.3", "--allocation", "greedy"], "allocation"),
+    (["--ratio", "0.3", "--tp", "5", "--align", "64"], "width step"),
+]
+
+
+@pytest.mark.parametrize("args, expect", CASES)
+def test_bad_options(tiny_models, tmp_path, args, expect):
+    out = tmp_path / "out"
+    result = _run(["--model", str(tiny_models["llama"]), "--out", str(out), "--no-eval", *args])
+    _assert_clean_failure(result, out, expect)
+
+
+@pytest.mark.parametrize("kind, expect", [
+    ("missing", "no such file"), ("file", "is a file"), ("no_config", "config.json"),
+    ("bert", "not supported"), ("truncated", "corrupt"), ("corrupt_header", "corrupt"),
+    ("gguf_truncated", "gguf"),
+])
+def test_bad_models(broken_models, tmp_path, kind, expect):
+    model = tmp_path / "does-not-exist" if kind == "missing" else broken_models[kind]
+    out = tmp_path / "out"
+    result = _run(["--model", str(model), "--ratio", "0.3", "--out", str(out), "--no-eval", "--episodes", "1"])
+    _assert_clean_failure(result, out, expect)
+    assert result.output.strip().count("\n") == 0  # one line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")
+def test_unreadable_model_dir(tiny_models, tmp_path):
+    locked = tmp_path / "locked"
+    shutil.copytree(tiny_models["llama"], locked)
+    locked.chmod(0)
+    try:
+        _assert_clean_failure(_run(["--model", str(locked), "--ratio", "0.3", "--out", str(tmp_path / "o")]),
+                              tmp_path / "o", "not readable")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_foreign_and_corrupt_policy_and_plan(tiny_models, tmp_path):
+    first = tmp_path / "first"
+    ok = _run(["--model", str(tiny_models["qwen2"]), "--ratio", "0.3", "--align", "16", "--episodes", "1",
+               "--out", str(first), "--no-eval"])
+    assert ok.exit_code == 0, ok.output
+    from prunenet.policy import PolicyNetwork, save_policy
+
+    other_shape = tmp_path / "other.safetensors"
+    save_policy(PolicyNetwork(8, 77), other_shape, {"method": "prunenet"})
+    out = tmp_path / "out"
+    for args, expect in [
+        (["--policy", str(other_shape)], "ffn width 77"),
+        (["--policy", str(first / "config.json")], "policy"),
+        (["--plan", str(first / "prunenet-plan.json")], "another model"),
+    ]:
+        result = _run(["--model", str(tiny_models["opt"]), "--ratio", "0.3", "--align", "16", "--out", str(out),
+                       "--no-eval", *args])
+        _assert_clean_failure(result, out, expect)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ratio=st.one_of(st.floats(max_value=-1e-9, allow_nan=False), st.floats(min_value=1.0, allow_nan=False),
+                       st.just(float("nan"))))
+def test_property_out_of_range_ratios_are_rejected(tiny_models, tmp_path, ratio):
+    out = tmp_path / "out"
+    result = _run(["--model", str(tiny_models["llama"]), "--ratio", repr(ratio), "--out", str(out)])
+    assert result.exit_code in (1, 2) and "ratio" in result.output.lower() and not out.exists()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(align=st.integers(max_value=0))
+def test_property_nonpositive_align_is_rejected(tiny_models, tmp_path, align):
+    out = tmp_path / "out"
+    result = _run(["--model", str(tiny_models["llama"]), "--ratio", "0.3", "--align", str(align), "--out", str(out)])
+    assert result.exit_code == 2 and "align" in result.output.lower() and not out.exists()
