@@ -94,13 +94,12 @@ def write_hf_checkpoint(
 
 
 def _name_shards(out: Path, names: list[list[str]]) -> None:
+    """Final shard names plus an index, even for one shard: the policy file shares the directory, and
+    vLLM loads every ``*.safetensors`` it finds unless an index names the weight files."""
     total = len(names)
-    if total == 1:
-        (out / ".shard-0.safetensors").rename(out / "model.safetensors")
-        return
     weight_map = {}
     for i, shard_names in enumerate(names):
-        final = f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+        final = "model.safetensors" if total == 1 else f"model-{i + 1:05d}-of-{total:05d}.safetensors"
         (out / f".shard-{i}.safetensors").rename(out / final)
         weight_map.update(dict.fromkeys(shard_names, final))
     index = {"metadata": {"total_size": sum((out / f).stat().st_size for f in set(weight_map.values()))},

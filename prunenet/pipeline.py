@@ -102,9 +102,12 @@ def make_plan(source: Path, cfg: PruneConfig, source_name: str | None = None) ->
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     ffns = [f.to(device) for f in load_ffns(ckpt, spec)]
-    inputs, residual = _reward_inputs(source, spec, ffns, cfg)
+    # activation statistics feed our reward, our policy state and the sensitivity allocation; the paper's
+    # method with uniform widths needs none of them (and no self-generated text)
+    needs_inputs = method.reward == "output" or method.state == "features" or cfg.allocation == "sensitivity"
+    inputs, residual = _reward_inputs(source, spec, ffns, cfg) if needs_inputs else ([], [])
     reward_cls = OutputReward if cfg.self_data else PeakReward
-    outputs = [reward_cls(f, X) for f, X in zip(ffns, inputs, strict=True)]
+    outputs = [reward_cls(f, X) for f, X in zip(ffns, inputs, strict=True)] if needs_inputs else []
     # a layer's cost counts relative to the residual stream it writes into (self-data only)
     weights = [o.output_energy / r for o, r in zip(outputs, residual, strict=True)] if residual else [1.0] * n_layers
     result = PlanResult(plan=None)  # type: ignore[arg-type]
@@ -121,7 +124,7 @@ def make_plan(source: Path, cfg: PruneConfig, source_name: str | None = None) ->
         for order, w, m, s in zip(orders, widths, full, scores, strict=True)
     )
     result.plan = PruningPlan(layers=layers, policy_fingerprint=result.policy_metadata.get("fingerprint"),
-                              extra={"self_data_tokens": cfg.self_data}, **common)
+                              extra={"self_data_tokens": cfg.self_data if needs_inputs else 0}, **common)
     return result
 
 

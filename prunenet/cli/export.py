@@ -56,7 +56,7 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
 
     \b
     Example:
-      prunenet-export --ratio 0.3 --target vllm --out out && vllm serve ./out
+      prunenet-export --ratio 0.3 --target vllm --out out && prunenet serve out   # or: vllm serve ./out (CUDA vLLM)
       prunenet-export --model ./my-llama --ratio 0.2 --policy out/prunenet-policy.safetensors --out out-0.2
     """
     setup_output(quiet, verbose, as_json)

@@ -87,13 +87,11 @@ def _quality(out: Path, source: Path) -> dict[str, Any] | None:
 
 
 def _check_vllm(out: Path, warnings: list[str]) -> str | None:
-    try:
-        from serving.vllm_check import check_vllm_resolves
-    except ImportError:
-        warnings.append("vLLM check unavailable")
-        return None
+    """The architecture vLLM resolves; vLLM missing is a warning, a directory it cannot serve an error."""
+    from serving.vllm_check import VllmUnavailable, check_vllm_resolves
+
     try:
         return check_vllm_resolves(out)
-    except Exception as exc:  # vLLM missing or too old: the directory is still valid for transformers
+    except VllmUnavailable as exc:  # the directory is still valid for transformers
         warnings.append(f"vLLM could not be checked: {exc}")
         return None

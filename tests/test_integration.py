@@ -1,0 +1,62 @@
+"""The main job on the real default model: prune, export, reload, evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def exported(default_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smol") / "out"
+    cmd = [sys.executable, "-m", "prunenet.cli.export", "--ratio", "0.3", "--target", "hf", "--out", str(out),
+           "--self-data", "512", "--episodes", "5", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_default_model_prunes_nonuniformly_within_budget(exported):
+    out, result = exported
+    assert result["source"] == "SmolLM2-135M-Instruct"
+    widths = result["widths"]
+    assert len(widths) == 30 and len(set(widths)) > 1 and all(w % 64 == 0 for w in widths)
+    assert abs(sum(widths) - 0.7 * 30 * 1536) <= 64
+    stats = result["stats"]
+    assert stats["params_before"] == 134_515_008 and 0.15 < stats["param_reduction"] < 0.21
+    assert result["export"]["max_logit_diff"] < 1e-3
+
+
+def test_quality_report_is_sane_and_better_than_random(exported, default_model):
+    _, result = exported
+    q = result["quality"]
+    assert q["dense_ppl"] < q["pruned_ppl"] < 4 * q["dense_ppl"]
+    assert 0 < q["kl"] < 1.5 and q["top1_agreement"] > 0.35
+    from prunenet.pipeline import PruneConfig, make_plan
+    from prunenet.quality import DenseReference, load_causal_lm, load_tokenizer, token_windows
+    from prunenet.texts import reference_text
+
+    model, tok = load_causal_lm(default_model), load_tokenizer(default_model)
+    ref = DenseReference(model, token_windows(tok, reference_text(), seq_len=512))
+    random_plan = make_plan(default_model, PruneConfig(ratio=0.3, method="random", self_data=0)).plan
+    assert ref.compare_plan(random_plan).kl > 2 * q["kl"]
+
+
+def test_export_reloads_and_still_speaks_english(exported):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = exported
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        text = tok.decode(model.generate(**ids, max_new_tokens=12, do_sample=False)[0])
+    assert text.startswith("The capital of France is") and len(text) > 30
+    card = (out / "README.md").read_text()
+    assert "perplexity" in card and (out / "prunenet-widths.png").stat().st_size > 1000
