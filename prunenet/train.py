@@ -43,6 +43,9 @@ class TrainConfig:
     clip: float = 1.0
     estimator: str = "fixed"
     seed: int = 0
+    ratio_spread: float = 0.5
+    """Fixed estimator: each episode prunes each layer at the ratio times U(1 - spread, 1 + spread), so the
+    policy ranks well at every ratio it will be reused at ("prune once"), not only the training one."""
 
 
 @dataclass
@@ -102,6 +105,9 @@ def _fixed_episode(policy, opt, states, costs, ks, cfg, g) -> float:
     total = 0.0
     for layer, (S, cost, k) in enumerate(zip(states, costs, ks, strict=True)):
         logits = policy.keep_logits(S)
+        m = S.shape[0]
+        scale = 1.0 + cfg.ratio_spread * (2.0 * float(torch.rand((), generator=g)) - 1.0)
+        k = int(min(m - 1, max(1, round(m - (m - k) * scale))))
         samples = [_sample(logits, k, g) for _ in range(cfg.rollouts)]
         r = torch.tensor([-cost(kept) for _, kept in samples])
         total += float(-r.mean())
