@@ -98,6 +98,8 @@ def _report(result: dict) -> None:
     if q:
         console.print(f"quality: perplexity {q['dense_ppl']:.2f} -> {q['pruned_ppl']:.2f} "
                       f"(x{q['ppl_ratio']:.2f}), KL {q['kl']:.4f}, top-1 agreement {q['top1_agreement']:.3f}")
+    if result["export"].get("vllm"):
+        console.print(f"vLLM resolves the directory to {result['export']['vllm']} (serve: prunenet serve {result['out']})")
     for warning in result.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
