@@ -29,7 +29,7 @@ lint: install
 	$(VENV)/bin/ruff check prunenet exporters serving tests examples
 
 bench: install
-	$(VENV)/bin/prunenet bench --engine onnxruntime --ratio 0.3
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/bench_onnxruntime.sh
 
 clean:
 	rm -rf $(VENV) $(OUT)

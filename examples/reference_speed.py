@@ -11,6 +11,7 @@ picks the architecture by the substring "llama" in the model path, so it gets a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -47,10 +48,8 @@ def _measure(cmd: list[str], env: dict) -> dict:
     proc = psutil.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
     while proc.poll() is None:
-        try:
+        with contextlib.suppress(psutil.Error):
             peak = max(peak, sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]))
-        except psutil.Error:
-            pass
         time.sleep(0.05)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:

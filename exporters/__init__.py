@@ -8,7 +8,6 @@ the policy or of how the plan was made.
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,9 +46,7 @@ def export_onnx_target(source: Path, plan: PruningPlan, out: Path, cfg: ExportCo
     with tempfile.TemporaryDirectory(prefix=".prunenet-hf-", dir=out.parent) as tmp:
         hf_dir = Path(tmp)
         report = export_hf(source, plan, hf_dir, ExportConfig(cfg.compat, cfg.validate, cfg.device))
-        report.update(export_onnx(hf_dir, out, device=cfg.device, validate=cfg.validate))
-        for name in ("prunenet-plan.json",):
-            shutil.copyfile(hf_dir / name, out / name)
+        report["onnx"] = export_onnx(hf_dir, out, device=cfg.device, validate=cfg.validate)
     return report
 
 

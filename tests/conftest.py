@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from tiny_models import TINY_CONFIGS, make_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

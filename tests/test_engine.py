@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import TINY_CONFIGS
 from transformers import AutoModelForCausalLM
 
 from prunenet.allocation import sensitivity_widths, uniform_widths, width_step
@@ -13,7 +14,6 @@ from prunenet.plan import PruningPlan
 from prunenet.policy import PolicyNetwork, load_policy, save_policy
 from prunenet.spectrum import ks_distance, singular_values
 from prunenet.surgery import apply_plan_
-from tiny_models import TINY_CONFIGS
 
 
 def _ks_bruteforce(a, b):

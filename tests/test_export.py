@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_models import TINY_CONFIGS
 from transformers import AutoModelForCausalLM
 
 from exporters import ExportConfig, export_hf
@@ -22,7 +23,6 @@ from prunenet.cli import main
 from prunenet.errors import OutputExistsError
 from prunenet.pipeline import PruneConfig, make_plan
 from prunenet.surgery import apply_plan_
-from tiny_models import TINY_CONFIGS
 
 IDS = torch.randint(0, 500, (2, 10), generator=torch.Generator().manual_seed(0))
 
@@ -167,3 +167,16 @@ def test_signal_during_training_leaves_nothing(tiny_models, tmp_path, sig, code)
     assert proc.returncode == code, err.decode()[-500:]
     assert not out.exists() and not list(tmp_path.glob(".out*"))
     assert b"Traceback" not in err
+
+
+def test_cli_onnx_target(tiny_models, tmp_path):
+    out = tmp_path / "onnx"
+    r = CliRunner().invoke(main, ["export", "--model", str(tiny_models["llama"]), "--ratio", "0.3", "--align", "16",
+                                  "--episodes", "2", "--target", "onnx", "--out", str(out), "--no-eval", "--json",
+                                  "--self-data", "0"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    assert result["export"]["onnx"]["greedy_match"] is True or result["export"]["onnx"].get("max_logit_diff", 1) < 1e-3
+    for name in ("model.onnx", "config.json", "prunenet-plan.json", "README.md"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.safetensors")) or (out / "prunenet-policy.safetensors").is_file()
