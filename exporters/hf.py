@@ -17,14 +17,18 @@ from safetensors.torch import save_file
 
 from prunenet.arch import get_arch_spec
 from prunenet.checkpoint import Checkpoint
-from prunenet.errors import PlanMismatch
+from prunenet.errors import PlanMismatch, PruneNetError
 from prunenet.plan import PruningPlan
 from prunenet.progress import track
 from prunenet.surgery import layer_tensor_roles, pad_tensor, slice_tensor
 
 from .hf_config import MODELING_FILE, needs_modeling_file, rewrite_config
 
-__all__ = ["write_hf_checkpoint", "COPIED_FILES"]
+__all__ = ["write_hf_checkpoint", "COPIED_FILES", "OutputWriteError"]
+
+
+class OutputWriteError(PruneNetError):
+    """The output could not be written (disk full, file-size limit, I/O error)."""
 
 COPIED_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -56,7 +60,11 @@ def write_hf_checkpoint(
     def flush() -> None:
         nonlocal size
         idx = len(shards) - 1
-        save_file(shards[idx], str(out / f".shard-{idx}.safetensors"), metadata={"format": "pt"})
+        try:
+            save_file(shards[idx], str(out / f".shard-{idx}.safetensors"), metadata={"format": "pt"})
+        except Exception as exc:  # safetensors reports ENOSPC/EFBIG as its own error type
+            reason = str(exc).splitlines()[0][:160]
+            raise OutputWriteError(f"cannot write weights to {out.parent} ({reason}); free space and retry") from None
         shards[idx] = {}
         shards.append({})
         names.append([])

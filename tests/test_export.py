@@ -180,3 +180,14 @@ def test_cli_onnx_target(tiny_models, tmp_path):
     for name in ("model.onnx", "config.json", "prunenet-plan.json", "README.md"):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.safetensors")) or (out / "prunenet-policy.safetensors").is_file()
+
+
+def test_full_disk_is_a_clear_error_and_leaves_nothing(tiny_models, tmp_path):
+    """A file-size limit (ulimit -f) stands in for a full disk: writing the weights fails mid-export."""
+    out = tmp_path / "out"
+    cmd = (f"ulimit -f 64; exec {sys.executable} -m prunenet.cli.export --model {tiny_models['llama']} --ratio 0.3 "
+           f"--align 16 --episodes 1 --self-data 0 --no-eval --out {out}")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-1500:]
+    assert "error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out*"))

@@ -77,8 +77,9 @@ def handle_errors(fn):
             click.echo("terminated; nothing was written", err=True)
             sys.exit(143)
         except OSError as exc:
-            if exc.errno == 28:  # ENOSPC
-                click.echo(f"error: no space left on device while writing {exc.filename or ''}".rstrip(), err=True)
+            if exc.errno in (27, 28):  # EFBIG (file-size limit), ENOSPC
+                click.echo(f"error: cannot write {exc.filename or 'the output'}: {exc.strerror}; free space and retry",
+                           err=True)
                 sys.exit(1)
             raise
         finally:
