@@ -191,3 +191,39 @@ def test_full_disk_is_a_clear_error_and_leaves_nothing(tiny_models, tmp_path):
     assert proc.returncode == 1, proc.stderr[-1500:]
     assert "error:" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def _interrupt_when_staging_appears(cmd: list[str], parent: Path, sig: int, delay: float) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PRUNENET_PROGRESS": "0"})
+    deadline = time.monotonic() + 240
+    while not list(parent.glob(".out.prunenet-tmp-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.integration
+def test_sigterm_while_writing_the_real_model_leaves_nothing(default_model, tmp_path):
+    from prunenet.plan import PLAN_FILE
+
+    plan = make_plan(default_model, PruneConfig(ratio=0.3, method="random", self_data=0)).plan
+    plan.save(tmp_path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "prunenet.cli.export", "--ratio", "0.3", "--plan", str(tmp_path / PLAN_FILE),
+           "--out", str(out), "--no-eval"]
+    done = _interrupt_when_staging_appears(cmd, tmp_path, signal.SIGTERM, 0.5)
+    assert done.returncode == 143, done.stderr.decode()[-800:]
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_sigint_during_onnx_export_leaves_nothing(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "prunenet.cli.export", "--model", str(tiny_models["llama"]), "--ratio", "0.3",
+           "--align", "16", "--episodes", "1", "--self-data", "0", "--target", "onnx", "--out", str(out), "--no-eval"]
+    done = _interrupt_when_staging_appears(cmd, tmp_path, signal.SIGINT, 3.0)
+    assert done.returncode == 130, done.stderr.decode()[-800:]
+    assert b"Traceback" not in done.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out*")) and not list(tmp_path.glob(".prunenet-hf-*"))
