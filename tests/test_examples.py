@@ -48,3 +48,26 @@ def test_readme_options_exist_and_help_ends_with_examples():
     for cmd in ("export", "eval", "bench", "serve"):
         assert "Example" in CliRunner().invoke(main, [cmd, "--help"]).output, cmd
     assert CliRunner().invoke(main, ["--version"]).output.startswith("prunenet, version")
+
+
+def test_prune_and_serve_example(default_model, tmp_path):
+    """examples/prune_and_serve.sh on a ready export (the pruning step is the main job, tested elsewhere)."""
+    import socket
+
+    import pytest
+
+    pytest.importorskip("vllm")
+    from plans import outlier_plan
+
+    from exporters.hf import write_hf_checkpoint
+
+    out = tmp_path / "smol-pruned"
+    write_hf_checkpoint(default_model, outlier_plan(default_model, ratio=0.3, align=64), out)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(["bash", str(ROOT / "examples" / "prune_and_serve.sh"), str(out)], capture_output=True,
+                          text=True, env={**_env(), "PORT": str(port)}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"object":"text_completion"' in proc.stdout.replace(" ", "")
+    assert '"object":"chat.completion"' in proc.stdout.replace(" ", "")
