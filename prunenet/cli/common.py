@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -45,6 +46,8 @@ def setup_output(quiet: bool, verbose: int, as_json: bool = False) -> None:
     for noisy in ("transformers", "torch", "onnxruntime", "vllm", "httpx"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING if verbose else logging.ERROR))
     set_enabled(not quiet and not as_json)
+    if verbose < 2:  # third-party tqdm bars (e.g. transformers' GGUF dequantization); ours are rich
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         import transformers
 
