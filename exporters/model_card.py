@@ -8,9 +8,21 @@ from typing import Any
 from prunenet import __version__
 from prunenet.plan import PruningPlan
 
-__all__ = ["write_widths_chart", "write_model_card", "CHART_FILE"]
+__all__ = ["write_widths_chart", "write_model_card", "load_hint", "CHART_FILE"]
 
 CHART_FILE = "prunenet-widths.png"
+
+LOAD_HINTS = {
+    "stock": "```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{out}\")\n```\n\nServe: `vllm serve {out}` (stock architecture, no plugin needed).",
+    "native": "```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{out}\", trust_remote_code=True)\n```\n\nServe with vLLM (the `prunenet-deploy` package installed beside vLLM registers the per-layer-width\narchitecture, no flags): `vllm serve {out}` or `prunenet serve {out}`.",
+    "onnx": "ONNX Runtime decoder with KV cache in optimum's layout (`model.onnx`).\n\nBenchmark: `prunenet bench --engine onnxruntime {out}`.",
+}
+
+
+def load_hint(target: str, architecture: str, out: Path | str) -> str:
+    """How to load and serve this output: stock, per-layer widths (remote code / plugin) or ONNX."""
+    key = "onnx" if target == "onnx" else ("native" if architecture.startswith("Pruned") else "stock")
+    return LOAD_HINTS[key].format(out=out)
 
 
 def write_widths_chart(plan: PruningPlan, path: Path, title: str = "") -> Path:
@@ -35,7 +47,7 @@ def write_widths_chart(plan: PruningPlan, path: Path, title: str = "") -> Path:
 
 def _quality_rows(quality: dict[str, Any] | None) -> str:
     if not quality:
-        return "Not evaluated (`--no-eval`). Run `prunenet eval <this directory>`.\n"
+        return "Not evaluated (`--no-eval`, or an ONNX target). Evaluate an HF export with `prunenet eval DIR`.\n"
     keys = [("dense_ppl", "perplexity, dense"), ("pruned_ppl", "perplexity, pruned"),
             ("ppl_ratio", "perplexity ratio"), ("kl", "KL(dense || pruned), nats/token"),
             ("top1_agreement", "top-1 agreement")]

@@ -12,11 +12,6 @@ TARGETS = ("hf", "vllm", "onnx")
 METHOD_NAMES = ("prunenet", "prunenet-ks", "prunenet-paper", "random", "magnitude")  # prunenet.methods.METHODS
 ALLOCATIONS = ("sensitivity", "uniform")  # prunenet.allocation.ALLOCATIONS
 
-_LOAD_HINTS = {
-    "stock": "```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{out}\")\n```\n\nServe: `vllm serve {out}` (stock architecture, no plugin needed).",
-    "native": "```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{out}\", trust_remote_code=True)\n```\n\nServe with vLLM (the `prunenet-deploy` package installed beside vLLM registers the per-layer-width\narchitecture, no flags): `vllm serve {out}` or `prunenet serve {out}`.",
-    "onnx": "ONNX Runtime decoder with KV cache in optimum's layout (`model.onnx`).\n\nBenchmark: `prunenet bench --engine onnxruntime {out}`.",
-}
 
 
 @click.command("export", context_settings={"help_option_names": ["-h", "--help"]})

@@ -32,7 +32,7 @@ class ExportRequest:
 def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     """Prune ``req.model`` by ``cfg`` and write ``req.out`` for ``req.target``; returns a report."""
     from exporters import EXPORTERS, ExportConfig, parameter_stats
-    from exporters.model_card import write_model_card
+    from exporters.model_card import load_hint, write_model_card
     from exporters.staging import check_output_dir, staged_output
     from prunenet.pipeline import make_plan, resolve_device
     from prunenet.policy import POLICY_FILE, save_policy
@@ -53,11 +53,8 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         quality = _quality(stage, source.path) if req.evaluate and req.target != "onnx" else None
         if req.target == "vllm":
             report["vllm"] = _check_vllm(stage, warnings)
-        hint_key = "onnx" if req.target == "onnx" else ("native" if "modeling_pruned" in str(
-            report.get("architecture", "")) or report.get("architecture", "").startswith("Pruned") else "stock")
-        from .export import _LOAD_HINTS
-
-        write_model_card(stage, plan, stats, quality, req.target, _LOAD_HINTS[hint_key].format(out=req.out))
+        hint = load_hint(req.target, str(report.get("architecture", "")), req.out)
+        write_model_card(stage, plan, stats, quality, req.target, hint)
     return {
         "source": source.name, "out": str(req.out), "target": req.target, "method": plan.method,
         "ratio": plan.ratio, "achieved_ratio": plan.removed_fraction, "allocation": plan.allocation,
