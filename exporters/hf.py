@@ -53,22 +53,19 @@ def write_hf_checkpoint(
     if len(plan.layers) != n_layers:
         raise PlanMismatch(f"plan has {len(plan.layers)} layers, the model has {n_layers}")
     target = max(plan.widths)
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    current: dict[str, torch.Tensor] = {}
     size = 0
-    names: list[list[str]] = [[]]
+    written: list[list[str]] = []  # tensor names of each flushed shard
 
     def flush() -> None:
-        nonlocal size
-        idx = len(shards) - 1
+        nonlocal current, size
         try:
-            save_file(shards[idx], str(out / f".shard-{idx}.safetensors"), metadata={"format": "pt"})
+            save_file(current, str(out / f".shard-{len(written)}.safetensors"), metadata={"format": "pt"})
         except Exception as exc:  # safetensors reports ENOSPC/EFBIG as its own error type
             reason = str(exc).splitlines()[0][:160]
             raise OutputWriteError(f"cannot write weights to {out.parent} ({reason}); free space and retry") from None
-        shards[idx] = {}
-        shards.append({})
-        names.append([])
-        size = 0
+        written.append(list(current))
+        current, size = {}, 0
 
     for shard in track(ckpt.shards, "Writing pruned weights", total=len(ckpt.shards)):
         for name, tensor in ckpt.iter_shard(shard):
@@ -82,14 +79,11 @@ def write_hf_checkpoint(
                     tensor = pad_tensor(spec, suffix, tensor, target)
             if size and size + _tensor_bytes(tensor) > max_shard_bytes:
                 flush()
-            shards[-1][name] = tensor
-            names[-1].append(name)
+            current[name] = tensor
             size += _tensor_bytes(tensor)
-    if shards[-1] or len(shards) == 1:
+    if current or not written:
         flush()
-    shards.pop()
-    names.pop()
-    _name_shards(out, names)
+    _name_shards(out, written)
     config = rewrite_config(ckpt.config, spec, plan, compat)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if needs_modeling_file(plan, compat):

@@ -92,8 +92,8 @@ def make_plan(source: Path, cfg: PruneConfig, source_name: str | None = None) ->
     full = [spec.width(ckpt.config)] * n_layers
     step = width_step(cfg.align, cfg.tp)
     method = METHODS[cfg.method]
-    common = dict(model_type=spec_name(ckpt), method=cfg.method, ratio=cfg.ratio, allocation=cfg.allocation,
-                  align=step, seed=cfg.seed, source=source_name or str(source),
+    common = dict(model_type=str(ckpt.config["model_type"]), method=cfg.method, ratio=cfg.ratio,
+                  allocation=cfg.allocation, align=step, seed=cfg.seed, source=source_name or str(source),
                   source_fingerprint=ckpt.fingerprint())
     if cfg.ratio == 0:
         layers = tuple(LayerPlan(tuple(range(m)), m) for m in full)
@@ -111,7 +111,7 @@ def make_plan(source: Path, cfg: PruneConfig, source_name: str | None = None) ->
     # a layer's cost counts relative to the residual stream it writes into (self-data only)
     weights = [o.output_energy / r for o, r in zip(outputs, residual, strict=True)] if residual else [1.0] * n_layers
     result = PlanResult(plan=None)  # type: ignore[arg-type]
-    scores = _scores(method, ffns, outputs, full, cfg, ckpt, spec, result)
+    scores = _scores(method, ffns, outputs, full, cfg, common, result)
     orders = [torch.argsort(s, descending=True, stable=True).cpu() for s in scores]
     if cfg.allocation == "uniform":
         widths = uniform_widths(full, cfg.ratio, step)
@@ -126,10 +126,6 @@ def make_plan(source: Path, cfg: PruneConfig, source_name: str | None = None) ->
     result.plan = PruningPlan(layers=layers, policy_fingerprint=result.policy_metadata.get("fingerprint"),
                               extra={"self_data_tokens": cfg.self_data if needs_inputs else 0}, **common)
     return result
-
-
-def spec_name(ckpt: Checkpoint) -> str:
-    return str(ckpt.config["model_type"])
 
 
 def _reward_inputs(
@@ -161,16 +157,16 @@ def _states(method: Method, ffns: list[LayerFFN], outputs: list) -> list[torch.T
     return [f.W for f in ffns]
 
 
-def _scores(method, ffns, outputs, full, cfg, ckpt, spec, result) -> list[torch.Tensor]:
+def _scores(method, ffns, outputs, full, cfg, common, result) -> list[torch.Tensor]:
     if method.name == "random":
         g = torch.Generator().manual_seed(cfg.seed)
         return [torch.rand(f.width, generator=g) for f in ffns]
     if method.name == "magnitude":
         return [f.W.norm(dim=1) for f in ffns]
     states = _states(method, ffns, outputs)
-    meta = {"method": method.name, "model_type": spec_name(ckpt), "width": full[0], "num_layers": len(full),
+    meta = {"method": method.name, "model_type": common["model_type"], "width": full[0], "num_layers": len(full),
             "hidden_size": int(ffns[0].W.shape[1]), "features": list(FEATURES) if method.state == "features" else [],
-            "source_fingerprint": ckpt.fingerprint()}
+            "source_fingerprint": common["source_fingerprint"]}
     if cfg.policy is not None:
         policy, saved = load_policy(cfg.policy)
         _check_policy(saved, meta, states[0].shape[1], cfg.policy)

@@ -33,9 +33,6 @@ def outlier_plan(model_dir: Path, widths: list[int] | None = None, ratio: float 
         scores = ckpt.get(spec.layer_name(i, spec.out_proj)).float().abs().amax(dim=0)
         kept = tuple(sorted(torch.topk(scores, w).indices.tolist()))
         layers.append(LayerPlan(kept=kept, original_width=width, scores=tuple(scores.tolist())))
-    return PruningPlan(model_type=spec_name(ckpt), layers=tuple(layers), method="test-absmax", ratio=ratio,
+    return PruningPlan(model_type=str(ckpt.config["model_type"]), layers=tuple(layers), method="test-absmax", ratio=ratio,
                        allocation="test", align=align, source=str(model_dir))
 
-
-def spec_name(ckpt: Checkpoint) -> str:
-    return str(ckpt.config["model_type"])

@@ -227,3 +227,17 @@ def test_sigint_during_onnx_export_leaves_nothing(tiny_models, tmp_path):
     assert done.returncode == 130, done.stderr.decode()[-800:]
     assert b"Traceback" not in done.stderr
     assert not out.exists() and not list(tmp_path.glob(".out*")) and not list(tmp_path.glob(".prunenet-hf-*"))
+
+
+def test_sharded_export_streams_into_several_files_and_reloads(tiny_models, tmp_path):
+    from exporters.hf import write_hf_checkpoint
+
+    src = tiny_models["llama"]
+    plan = make_plan(src, PruneConfig(self_data=0, ratio=0.4, align=16, episodes=1)).plan
+    write_hf_checkpoint(src, plan, tmp_path, max_shard_bytes=200_000)
+    shards = sorted(p.name for p in tmp_path.glob("model-*.safetensors"))
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert len(shards) > 1 and sorted(set(index["weight_map"].values())) == shards
+    reference = apply_plan_(AutoModelForCausalLM.from_pretrained(src).eval(), plan)
+    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)),
+                       _logits(reference))

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
+from prunenet.allocation import ALLOCATIONS
+from prunenet.methods import METHODS
+
 from .common import emit_json, handle_errors, setup_output, verbosity_options
 
-TARGETS = ("hf", "vllm", "onnx")
-METHOD_NAMES = ("prunenet", "prunenet-ks", "prunenet-paper", "random", "magnitude")  # prunenet.methods.METHODS
-ALLOCATIONS = ("sensitivity", "uniform")  # prunenet.allocation.ALLOCATIONS
+TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in torch; kept light for --help
 
 
 
@@ -21,7 +22,7 @@ ALLOCATIONS = ("sensitivity", "uniform")  # prunenet.allocation.ALLOCATIONS
               help="Fraction of all FFN neurons to remove, in [0, 1).")
 @click.option("--target", type=click.Choice(TARGETS), default="hf", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
-@click.option("--method", type=click.Choice(METHOD_NAMES), default="prunenet", show_default=True)
+@click.option("--method", type=click.Choice(list(METHODS)), default="prunenet", show_default=True)
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default="sensitivity", show_default=True,
               help="How the neuron budget is spread over layers.")
 @click.option("--align", type=click.IntRange(min=1), default=64, show_default=True,

@@ -75,11 +75,9 @@ def _saved_plan(path: Path, source: Path):
     return PlanResult(plan)
 
 
-def _quality(out: Path, source: Path) -> dict[str, Any] | None:
-    try:
-        from prunenet.quality import evaluate_dirs
-    except ImportError:  # the quality module ships with the eval command
-        return None
+def _quality(out: Path, source: Path) -> dict[str, Any]:
+    from prunenet.quality import evaluate_dirs
+
     return evaluate_dirs(out, source).to_dict()
 
 
