@@ -21,6 +21,7 @@ from exporters.hf_config import MODELING_FILE
 from exporters.staging import staged_output
 from prunenet.cli import main
 from prunenet.errors import OutputExistsError
+from prunenet.interrupts import Terminated, catching_signals
 from prunenet.pipeline import PruneConfig, make_plan
 from prunenet.surgery import apply_plan_
 
@@ -216,6 +217,20 @@ def test_sigterm_while_writing_the_real_model_leaves_nothing(default_model, tmp_
            "--out", str(out), "--no-eval"]
     done = _interrupt_when_staging_appears(cmd, tmp_path, signal.SIGTERM, 0.5)
     assert done.returncode == 143, done.stderr.decode()[-800:]
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("sig, expected", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_a_signal_swallowed_by_a_library_still_cancels_the_commit(tmp_path, sig, expected):
+    """torch.export's fake-tensor pass catches Ctrl-C and carries on; the staged output must not appear."""
+    out = tmp_path / "out"
+    with pytest.raises(expected), catching_signals(), staged_output(out) as tmp:
+        (tmp / "config.json").write_text("{}")
+        try:
+            os.kill(os.getpid(), sig)
+            time.sleep(1)
+        except BaseException:  # what the offending library does
+            pass
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 

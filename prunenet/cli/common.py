@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 from typing import Any
 
 import click
 
 from prunenet.errors import PruneNetError
+from prunenet.interrupts import Terminated, catching_signals
 from prunenet.progress import set_enabled
 
 __all__ = ["verbosity_options", "setup_output", "run_cli", "handle_errors", "emit_json", "EXIT_CODES"]
@@ -23,14 +23,6 @@ EXIT_CODES = {
     130: "interrupted (SIGINT); nothing was written",
     143: "terminated (SIGTERM); nothing was written",
 }
-
-
-class Terminated(BaseException):
-    """Raised from the SIGTERM handler so staged outputs are cleaned up like on Ctrl-C."""
-
-
-def _on_sigterm(signum, frame):  # noqa: ARG001
-    raise Terminated()
 
 
 def verbosity_options(fn):
@@ -67,9 +59,9 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            return fn(*args, **kwargs)
+            with catching_signals():
+                return fn(*args, **kwargs)
         except PruneNetError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -85,8 +77,6 @@ def handle_errors(fn):
                            err=True)
                 sys.exit(1)
             raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
