@@ -15,7 +15,6 @@ RESULTS=${2:-bench-results}
 ENGINES=${ENGINES:-onnxruntime}
 RUNS=${RUNS:-5}
 PROMPTS=${PROMPTS:-32 128}
-PYTHON=${PYTHON:-python}
 
 if [[ -f "$OUT/config.json" ]]; then
   echo "== reusing the export in $OUT"
@@ -24,7 +23,7 @@ else
   prunenet-export --ratio 0.3 --target hf --out "$OUT"
 fi
 
-DENSE=$("$PYTHON" -c 'from prunenet.source import resolve_model; print(resolve_model(None).path)')
+DENSE=SmolLM2-135M-Instruct  # the default model's name; prunenet resolves it to its cache entry
 THREAD_ARGS=()
 if [[ -n "${THREADS:-}" ]]; then THREAD_ARGS=(--threads "$THREADS"); fi
 

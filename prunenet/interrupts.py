@@ -44,5 +44,6 @@ def catching_signals() -> Iterator[None]:
     try:
         yield
     finally:
+        _received = None  # a later command in this process starts clean
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -26,3 +26,37 @@ def default_model() -> Path:
     from prunenet.source import resolve_model
 
     return resolve_model(None).path
+
+
+def readme_quickstart() -> list[str]:
+    """The README's quick-start block (the one that starts with ``prunenet-export``), comments removed."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
+        lines = [line.split(" #", 1)[0].strip() for line in block.splitlines()]
+        if lines and lines[0].startswith("prunenet-export"):
+            return [line for line in lines if line]
+    raise AssertionError("README has no quick-start block starting with prunenet-export")
+
+
+@pytest.fixture(scope="session")
+def quickstart(default_model, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """The README's main job, run as written (``--json`` appended) on the real default model.
+
+    Returns the working directory, the output directory and the JSON result; later README lines run
+    in the same working directory.
+    """
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    cwd = tmp_path_factory.mktemp("quickstart")
+    args = shlex.split(readme_quickstart()[0])
+    out = cwd / args[args.index("--out") + 1]
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.run([str(bin_dir / args[0]), *args[1:], "--json"], cwd=cwd, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return cwd, out, json.loads(proc.stdout.strip().splitlines()[-1])

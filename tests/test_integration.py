@@ -1,10 +1,6 @@
-"""The main job on the real default model: prune, export, reload, evaluate."""
+"""The main job on the real default model (the README's command, default settings): prune, export, reload."""
 
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,13 +9,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def exported(default_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("smol") / "out"
-    cmd = [sys.executable, "-m", "prunenet.cli.export", "--ratio", "0.3", "--target", "hf", "--out", str(out),
-           "--self-data", "512", "--episodes", "5", "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out, json.loads(proc.stdout.strip().splitlines()[-1])
+def exported(quickstart):
+    """The README's ``prunenet-export --ratio 0.3 --target vllm --out out``, run as written."""
+    _, out, result = quickstart
+    return out, result
 
 
 def test_default_model_prunes_nonuniformly_within_budget(exported):

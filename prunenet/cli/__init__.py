@@ -10,12 +10,12 @@ import click
 
 from prunenet import __version__
 
-from .common import run_cli
+from .common import OneLineErrorsGroup, run_cli
 
 __all__ = ["main", "export_main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="prunenet")
 def main() -> None:
     """PruneNet deploy toolchain: calibration-free FFN pruning, exported to HF, vLLM and ONNX.

@@ -43,6 +43,22 @@ def join_multi_values(args: list[str]) -> list[str]:
     return out
 
 
+class _BenchDir(click.ParamType):
+    """An existing directory, or the default model's name (resolved to its cache entry on first use)."""
+
+    name = "dir"
+
+    def convert(self, value, param, ctx) -> Path:
+        from prunenet.source import DEFAULT_MODEL
+
+        if str(value) == DEFAULT_MODEL:
+            return Path(value)  # resolved (and built if needed) inside the command, where errors are handled
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            self.fail(f"{value!r} is not a directory (nor {DEFAULT_MODEL!r}, the default model)", param, ctx)
+        return path
+
+
 class _MultiValueCommand(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, join_multi_values(list(args)))
@@ -64,8 +80,7 @@ def _engines(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @click.command("bench", cls=_MultiValueCommand)
-@click.argument("dirs", metavar="DIR [DIR ...]", nargs=-1, required=True,
-                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dirs", metavar="DIR [DIR ...]", nargs=-1, required=True, type=_BenchDir())
 @click.option("--engine", "engines", multiple=True, metavar="NAME [NAME ...]",
               help="torch, onnxruntime and/or vllm (repeat or list them).  [default: onnxruntime]")
 @click.option("--batch-sizes", multiple=True, default=("1",), show_default=True, metavar="N [N ...]",
@@ -90,18 +105,22 @@ def command(dirs: tuple[Path, ...], engines: tuple[str, ...], batch_sizes: tuple
             device: str, out: Path | None, as_json: bool, quiet: bool, verbose: int) -> None:
     """Benchmark model directories side by side: prompt latency, per-token decode latency, memory.
 
-    Each DIR is a Hugging Face directory (the dense source or a pruned export) or an ONNX export.
+    Each DIR is a Hugging Face directory (the dense source or a pruned export) or an ONNX export;
+    the name SmolLM2-135M-Instruct stands for the default model.
     For onnxruntime, a DIR without model.onnx is exported once into the cache ($PRUNENET_CACHE/onnx).
     All DIRs are loaded together and measured alternately; ratios are relative to the first DIR.
     Metrics follow ONNX Runtime's LLaMA benchmark_e2e.py (greedy, fixed generation length).
 
     \b
     Example:
-      prunenet bench ~/.cache/prunenet/smollm2-135m-instruct out --engine onnxruntime
+      prunenet bench SmolLM2-135M-Instruct out --engine onnxruntime
       prunenet bench dense pruned --engine torch onnxruntime --prompt-lengths 32 128 --out results
     """
     setup_output(quiet, verbose, as_json)
+    from prunenet.source import DEFAULT_MODEL, resolve_model
     from serving.bench import BenchConfig, benchmark, markdown_table
+
+    dirs = tuple(resolve_model(None).path if str(d) == DEFAULT_MODEL else d for d in dirs)
 
     cfg = BenchConfig(engines=_engines(engines), batch_sizes=_ints(batch_sizes, "--batch-sizes"),
                       prompt_lengths=_ints(prompt_lengths, "--prompt-lengths"), generation_length=generation_length,

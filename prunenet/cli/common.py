@@ -14,7 +14,7 @@ from prunenet.errors import PruneNetError
 from prunenet.interrupts import Terminated, catching_signals
 from prunenet.progress import set_enabled
 
-__all__ = ["verbosity_options", "setup_output", "run_cli", "handle_errors", "emit_json", "EXIT_CODES"]
+__all__ = ["verbosity_options", "setup_output", "run_cli", "OneLineErrorsGroup", "handle_errors", "emit_json", "EXIT_CODES"]
 
 EXIT_CODES = {
     0: "success",
@@ -81,5 +81,41 @@ def handle_errors(fn):
     return wrapper
 
 
+def main_one_line(main, args=None, prog_name: str | None = None, **extra: Any):
+    """Run a click ``main`` so that usage errors are one line (``error: ... (try 'X --help')``), exit 2.
+
+    Click's default prints the usage block, a hint and the error over three lines; every other
+    failure of this tool is one line, so usage errors follow suit.
+    """
+    try:
+        rv = main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare ``prunenet``: the help, as click would show it
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else prog_name or "prunenet"
+        click.echo(f"error: {_one_line(exc.format_message())} (try '{where} --help')", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("interrupted; nothing was written", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+class OneLineErrorsGroup(click.Group):
+    """A click group whose usage errors (its own and its commands') are one line."""
+
+    def main(self, args=None, prog_name=None, **extra: Any):
+        extra.pop("standalone_mode", None)
+        return main_one_line(super().main, args, prog_name, **extra)
+
+
 def run_cli(command: click.Command) -> None:
-    command.main(prog_name="prunenet-export")
+    main_one_line(command.main, prog_name="prunenet-export")
