@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from .errors import BudgetError
 
-__all__ = ["ALLOCATIONS", "width_step", "uniform_widths", "sensitivity_widths", "width_grid"]
+__all__ = ["ALLOCATIONS", "width_step", "uniform_widths", "sensitivity_widths", "width_grid", "input_layer_prior"]
 
 ALLOCATIONS = ("sensitivity", "uniform")
 
@@ -49,6 +49,22 @@ def uniform_widths(widths_full: Sequence[int], ratio: float, step: int) -> list[
         want = (1.0 - ratio) * m
         out.append(min(width_grid(m, step), key=lambda w: (abs(w - want), -w)))
     return out
+
+
+INPUT_LAYER_WEIGHT = 100.0
+
+
+def input_layer_prior(num_layers: int) -> list[float]:
+    """Data-free layer weights: the first ceil(L/10) layers count ``INPUT_LAYER_WEIGHT`` times more.
+
+    With weights alone there is no measure of how much a layer's output matters to the residual
+    stream, yet the first layers build it (massive activations appear there). On SmolLM2 at ratio
+    0.3, weights only, this prior took KL from 2.59 (all layers equal) and 1.98 (uniform widths) to
+    1.39; protecting the last layers as well changed nothing. The weight is finite, so the budget is
+    still met when every layer is an input layer (tiny models).
+    """
+    first = math.ceil(num_layers / 10)
+    return [INPUT_LAYER_WEIGHT if i < first else 1.0 for i in range(num_layers)]
 
 
 MAX_REMOVAL = 1.5

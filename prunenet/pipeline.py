@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .allocation import ALLOCATIONS, sensitivity_widths, uniform_widths, width_step
+from .allocation import ALLOCATIONS, input_layer_prior, sensitivity_widths, uniform_widths, width_step
 from .arch import ArchSpec, get_arch_spec
 from .checkpoint import Checkpoint
 from .errors import PolicyMismatch, PruneNetError
@@ -108,8 +108,10 @@ def make_plan(source: Path, cfg: PruneConfig, source_name: str | None = None) ->
     inputs, residual = _reward_inputs(source, spec, ffns, cfg) if needs_inputs else ([], [])
     reward_cls = OutputReward if cfg.self_data else PeakReward
     outputs = [reward_cls(f, X) for f, X in zip(ffns, inputs, strict=True)] if needs_inputs else []
-    # a layer's cost counts relative to the residual stream it writes into (self-data only)
-    weights = [o.output_energy / r for o, r in zip(outputs, residual, strict=True)] if residual else [1.0] * n_layers
+    # a layer's cost counts relative to the residual stream it writes into (measured on self-data);
+    # weights alone cannot measure that, so a prior protects the input layers instead
+    weights = ([o.output_energy / r for o, r in zip(outputs, residual, strict=True)] if residual
+               else input_layer_prior(n_layers))
     result = PlanResult(plan=None)  # type: ignore[arg-type]
     scores = _scores(method, ffns, outputs, full, cfg, common, result)
     orders = [torch.argsort(s, descending=True, stable=True).cpu() for s in scores]

@@ -7,7 +7,7 @@ import torch
 from tiny_models import TINY_CONFIGS
 from transformers import AutoModelForCausalLM
 
-from prunenet.allocation import sensitivity_widths, uniform_widths, width_step
+from prunenet.allocation import input_layer_prior, sensitivity_widths, uniform_widths, width_step
 from prunenet.errors import BudgetError, PolicyMismatch, PruneNetError
 from prunenet.pipeline import PruneConfig, make_plan
 from prunenet.plan import PruningPlan
@@ -82,6 +82,22 @@ def test_sensitivity_budget_within_one_step_and_fragile_layers_keep_more():
     assert all(w % 64 == 0 and w >= 64 for w in widths)
     assert abs(sum(widths) - 0.7 * sum(full)) <= 64
     assert min(widths[0], widths[5]) > max(widths[1:5])
+
+
+@pytest.mark.parametrize("layers", [1, 2, 12, 30])
+def test_input_layer_prior_protects_the_first_layers_and_still_meets_the_budget(layers):
+    full = [512] * layers
+    prior = input_layer_prior(layers)
+    first = sum(w > 1 for w in prior)
+    assert first == -(-layers // 10) and prior[:first] == [max(prior)] * first
+
+    def curve(layer, widths):  # equal relative costs everywhere: only the prior tells layers apart
+        return [prior[layer] * (1 - w / 512) for w in widths]
+
+    widths = sensitivity_widths(full, 0.3, 16, curve)
+    assert abs(sum(widths) - 0.7 * sum(full)) <= 16
+    if layers >= 10:  # the input layers are the last to give up neurons (when the others can cover the budget)
+        assert widths[:first] == full[:first] and min(widths[first:]) < 512
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
