@@ -43,7 +43,9 @@ def export_hf(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> 
 def export_onnx_target(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> dict[str, Any]:
     from .onnx import export_onnx
 
-    with tempfile.TemporaryDirectory(prefix=".prunenet-hf-", dir=out.parent) as tmp:
+    # the intermediate HF directory lives inside the (staging) output, so a killed run leaves one directory
+    # to clean, never a stray sibling
+    with tempfile.TemporaryDirectory(prefix=".prunenet-hf-", dir=out) as tmp:
         hf_dir = Path(tmp)
         report = export_hf(source, plan, hf_dir, ExportConfig(cfg.compat, cfg.validate, cfg.device))
         report["onnx"] = export_onnx(hf_dir, out, device=cfg.device, validate=cfg.validate)

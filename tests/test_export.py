@@ -207,7 +207,8 @@ def _interrupt_when_staging_appears(cmd: list[str], parent: Path, sig: int, dela
 
 
 @pytest.mark.integration
-def test_sigterm_while_writing_the_real_model_leaves_nothing(default_model, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_while_writing_the_real_model_leaves_nothing(default_model, tmp_path, sig, code):
     from prunenet.plan import PLAN_FILE
 
     plan = make_plan(default_model, PruneConfig(ratio=0.3, method="random", self_data=0)).plan
@@ -215,9 +216,28 @@ def test_sigterm_while_writing_the_real_model_leaves_nothing(default_model, tmp_
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "prunenet.cli.export", "--ratio", "0.3", "--plan", str(tmp_path / PLAN_FILE),
            "--out", str(out), "--no-eval"]
-    done = _interrupt_when_staging_appears(cmd, tmp_path, signal.SIGTERM, 0.5)
-    assert done.returncode == 143, done.stderr.decode()[-800:]
+    done = _interrupt_when_staging_appears(cmd, tmp_path, sig, 0.5)
+    assert done.returncode == code, done.stderr.decode()[-800:]
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.integration
+def test_sigkill_mid_write_is_cleaned_by_the_next_run(default_model, tmp_path):
+    """A killed export leaves its staging directory; the next run removes it and succeeds."""
+    from prunenet.plan import PLAN_FILE
+
+    plan = make_plan(default_model, PruneConfig(ratio=0.3, method="random", self_data=0)).plan
+    plan.save(tmp_path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "prunenet.cli.export", "--ratio", "0.3", "--plan", str(tmp_path / PLAN_FILE),
+           "--out", str(out), "--no-eval"]
+    killed = _interrupt_when_staging_appears(cmd, tmp_path, signal.SIGKILL, 0.5)
+    assert killed.returncode == -signal.SIGKILL
+    stale = list(tmp_path.glob(".out.prunenet-tmp-*"))
+    assert stale and not out.exists()  # what a crash leaves behind
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-800:]
+    assert (out / "config.json").is_file() and not any(p.exists() for p in stale)
 
 
 @pytest.mark.parametrize("sig, expected", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
@@ -234,12 +254,13 @@ def test_a_signal_swallowed_by_a_library_still_cancels_the_commit(tmp_path, sig,
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
-def test_sigint_during_onnx_export_leaves_nothing(tiny_models, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_onnx_export_leaves_nothing(tiny_models, tmp_path, sig, code):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "prunenet.cli.export", "--model", str(tiny_models["llama"]), "--ratio", "0.3",
            "--align", "16", "--episodes", "1", "--self-data", "0", "--target", "onnx", "--out", str(out), "--no-eval"]
-    done = _interrupt_when_staging_appears(cmd, tmp_path, signal.SIGINT, 3.0)
-    assert done.returncode == 130, done.stderr.decode()[-800:]
+    done = _interrupt_when_staging_appears(cmd, tmp_path, sig, 3.0)
+    assert done.returncode == code, done.stderr.decode()[-800:]
     assert b"Traceback" not in done.stderr
     assert not out.exists() and not list(tmp_path.glob(".out*")) and not list(tmp_path.glob(".prunenet-hf-*"))
 
