@@ -29,11 +29,21 @@ class SpectralReward:
     """KS distance between spectra of ``W`` and ``W[S]`` (the paper's reward signal)."""
 
     def __init__(self, ffn: LayerFFN) -> None:
-        self.W = ffn.W
+        self.W = ffn.W.float()
         self.sigma_ref = singular_values(self.W)
+        self.gram = self.W.T @ self.W if self.W.shape[0] >= self.W.shape[1] else None
 
     def cost(self, kept: torch.Tensor) -> float:
-        return float(ks_distance(self.sigma_ref, singular_values(self.W[kept])))
+        m, d = self.W.shape
+        if self.gram is None or len(kept) < d or 2 * len(kept) <= m:
+            return float(ks_distance(self.sigma_ref, singular_values(self.W[kept])))
+        # keeping most rows: Gram of the kept rows = full Gram - Gram of the few dropped ones (half the FLOPs)
+        drop = torch.ones(m, dtype=torch.bool, device=self.W.device)
+        drop[kept] = False
+        Wd = self.W[drop]
+        G = self.gram - Wd.T @ Wd
+        sigma = torch.linalg.eigvalsh(G).clamp_min(0).sqrt().flip(0)
+        return float(ks_distance(self.sigma_ref, sigma))
 
     def curve(self, order: torch.Tensor, widths: list[int]) -> list[float]:
         return [self.cost(order[:k]) if k < len(order) else 0.0 for k in widths]

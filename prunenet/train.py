@@ -89,7 +89,7 @@ def train_policy(
 def _train(policy, states, costs, ks, cfg: TrainConfig) -> TrainResult:
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, foreach=True)
     result = TrainResult(policy)
     step = _paper_episode if cfg.estimator == "paper" else _fixed_episode
     best = float("inf")

@@ -41,6 +41,21 @@ def test_singular_values_match_svd(shape):
     assert torch.allclose(singular_values(W), torch.linalg.svdvals(W), atol=1e-4)
 
 
+@pytest.mark.parametrize("k", [200, 300, 420, 511])
+def test_spectral_reward_complement_gram_equals_direct(k):
+    """Keeping most rows, the reward subtracts the dropped rows' Gram; the KS value must not change."""
+    from prunenet.ffn import LayerFFN
+    from prunenet.rewards import SpectralReward
+
+    g = torch.Generator().manual_seed(k)
+    W = torch.randn(512, 96, generator=g) * torch.rand(512, 1, generator=g)
+    reward = SpectralReward(LayerFFN(W=W, D=W, gain=torch.ones(96), act="silu"))
+    for _ in range(3):
+        kept = torch.randperm(512, generator=g)[:k]
+        direct = float(ks_distance(reward.sigma_ref, singular_values(W[kept])))
+        assert reward.cost(kept) == pytest.approx(direct, abs=1.5 / 96)  # at most one value crosses a step
+
+
 def test_fast_policy_score_equals_paper_formula():
     torch.manual_seed(0)
     policy = PolicyNetwork(24, 96)
