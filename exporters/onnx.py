@@ -37,6 +37,7 @@ from prunenet.errors import ExportValidationError, ModelSourceError, PruneNetErr
 from prunenet.progress import status
 
 from .hf import COPIED_FILES
+from .hf_config import MODELING_FILE
 
 __all__ = ["OnnxExportError", "CacheLayout", "DEFAULT_PROMPTS", "REPORT_FILE", "export_onnx", "load_for_export"]
 
@@ -90,8 +91,10 @@ def export_onnx(
     prompts: list[str] | None = None,
 ) -> dict[str, Any]:
     """Export ``hf_dir`` into ``out_dir`` (created by the caller, staged atomically); returns a report."""
+    from prunenet.pipeline import resolve_device
+
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
-    device = _resolve_device(device)
+    device = resolve_device(device).type
     timings: dict[str, float] = {}
     with _timed(timings, "load_s"), status(f"Loading {hf_dir.name} for ONNX export"):
         model, config = load_for_export(hf_dir, device)
@@ -114,14 +117,6 @@ def export_onnx(
     return report
 
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @contextlib.contextmanager
 def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
     start = time.perf_counter()
@@ -141,7 +136,7 @@ def load_for_export(hf_dir: Path, device: str = "cpu"):
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"{hf_dir}: cannot read config.json ({exc.__class__.__name__})") from None
     get_arch_spec(config.get("model_type"))  # unsupported families fail here, in one line
-    trust = "auto_map" in config and "pruning" in config and (hf_dir / "modeling_pruned.py").is_file()
+    trust = "auto_map" in config and "pruning" in config and (hf_dir / MODELING_FILE).is_file()
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     model = AutoModelForCausalLM.from_pretrained(
         hf_dir, dtype=dtype, trust_remote_code=trust, attn_implementation="eager"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .ffn import LayerFFN
-from .spectrum import ks_distance, singular_values
+from .spectrum import gram_singular_values, ks_distance, singular_values
 
 __all__ = ["SpectralReward", "OutputReward", "PeakReward", "synthetic_inputs", "spike_inputs"]
 
@@ -30,8 +30,8 @@ class SpectralReward:
 
     def __init__(self, ffn: LayerFFN) -> None:
         self.W = ffn.W.float()
-        self.sigma_ref = singular_values(self.W)
         self.gram = self.W.T @ self.W if self.W.shape[0] >= self.W.shape[1] else None
+        self.sigma_ref = gram_singular_values(self.gram) if self.gram is not None else singular_values(self.W)
 
     def cost(self, kept: torch.Tensor) -> float:
         m, d = self.W.shape
@@ -41,9 +41,7 @@ class SpectralReward:
         drop = torch.ones(m, dtype=torch.bool, device=self.W.device)
         drop[kept] = False
         Wd = self.W[drop]
-        G = self.gram - Wd.T @ Wd
-        sigma = torch.linalg.eigvalsh(G).clamp_min(0).sqrt().flip(0)
-        return float(ks_distance(self.sigma_ref, sigma))
+        return float(ks_distance(self.sigma_ref, gram_singular_values(self.gram - Wd.T @ Wd)))
 
     def curve(self, order: torch.Tensor, widths: list[int]) -> list[float]:
         return [self.cost(order[:k]) if k < len(order) else 0.0 for k in widths]

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["singular_values", "ks_distance"]
+__all__ = ["singular_values", "gram_singular_values", "ks_distance"]
 
 
 def singular_values(W: torch.Tensor) -> torch.Tensor:
     """Singular values of ``W`` (descending) via the eigenvalues of its smaller Gram matrix."""
     W = W.float()
-    G = W.T @ W if W.shape[0] >= W.shape[1] else W @ W.T
+    return gram_singular_values(W.T @ W if W.shape[0] >= W.shape[1] else W @ W.T)
+
+
+def gram_singular_values(G: torch.Tensor) -> torch.Tensor:
+    """Singular values (descending) of any matrix whose Gram matrix is ``G``."""
     return torch.linalg.eigvalsh(G).clamp_min(0).sqrt().flip(0)
 
 

@@ -52,20 +52,17 @@ def test_readme_options_exist_and_help_ends_with_examples():
 
 def test_prune_and_serve_example(default_model, tmp_path):
     """examples/prune_and_serve.sh on a ready export (the pruning step is the main job, tested elsewhere)."""
-    import socket
-
     import pytest
 
     pytest.importorskip("vllm")
     from plans import outlier_plan
 
     from exporters.hf import write_hf_checkpoint
+    from serving.vllm_server import free_port
 
     out = tmp_path / "smol-pruned"
     write_hf_checkpoint(default_model, outlier_plan(default_model, ratio=0.3, align=64), out)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.run(["bash", str(ROOT / "examples" / "prune_and_serve.sh"), str(out)], capture_output=True,
                           text=True, env={**_env(), "PORT": str(port)}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

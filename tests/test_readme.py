@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -65,23 +64,24 @@ def test_readme_bench_compares_dense_and_pruned_on_onnxruntime(quickstart):
 
 def test_readme_serve_answers_on_loopback(quickstart):
     pytest.importorskip("vllm")
+    from serving.vllm_server import free_port
+
     cwd, _, _ = quickstart
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([*_line("serve"), "--port", str(port), "--max-model-len", "256", "--enforce-eager"],
                             cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
+        model = None
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and proc.poll() is None:
+        while model is None and time.monotonic() < deadline and proc.poll() is None:
             try:
                 with urllib.request.urlopen(url + "/v1/models", timeout=5) as resp:
                     model = json.loads(resp.read())["data"][0]["id"]
-                break
             except OSError:
                 time.sleep(2)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        assert model is not None, "prunenet serve did not answer within 600 s"
         body = json.dumps({"model": model, "prompt": "The capital of France is", "max_tokens": 8,
                            "temperature": 0}).encode()
         req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
