@@ -9,8 +9,8 @@ from pathlib import Path
 
 from exporters import EXPORTERS, ExportConfig, parameter_stats
 from exporters.staging import staged_output
-from prunenet.pipeline import PruneConfig, make_plan
-from prunenet.source import resolve_model
+from prunenet.planning.planner import PruneConfig, make_plan
+from prunenet.source.resolve import resolve_model
 
 source = resolve_model(sys.argv[1] if len(sys.argv) > 1 else None)
 out = Path(sys.argv[2] if len(sys.argv) > 2 else "out-api")

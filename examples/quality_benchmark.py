@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from prunenet.pipeline import PruneConfig, make_plan
-from prunenet.policy import save_policy
-from prunenet.quality import DenseReference, load_causal_lm, load_tokenizer, token_windows
-from prunenet.source import resolve_model
+from prunenet.evaluation.quality import DenseReference, load_causal_lm, load_tokenizer, token_windows
+from prunenet.planning.planner import PruneConfig, make_plan
+from prunenet.policy.network import save_policy
+from prunenet.source.resolve import resolve_model
 from prunenet.texts import SOURCE, reference_text, self_generated_text
 
 VARIANTS = [  # (label, method, self_data)

@@ -26,9 +26,9 @@ REFERENCE = "efficient-pruners==0.1.0"
 
 _OURS = """
 import sys, torch
-from prunenet.pipeline import PruneConfig, make_plan
-from prunenet.quality import load_causal_lm
-from prunenet.surgery import apply_plan_
+from prunenet.planning.planner import PruneConfig, make_plan
+from prunenet.evaluation.quality import load_causal_lm
+from prunenet.planning.surgery import apply_plan_
 res = make_plan(sys.argv[1], PruneConfig(ratio=float(sys.argv[2]), method=sys.argv[4], episodes=int(sys.argv[3]),
                                          allocation="uniform", align=1))
 apply_plan_(load_causal_lm(sys.argv[1]), res.plan)
@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--method", default="prunenet-paper", help="our method to time (same reward as the reference)")
     args = ap.parse_args()
-    from prunenet.source import resolve_model
+    from prunenet.source.resolve import resolve_model
 
     model = resolve_model(None).path
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "HF_HUB_OFFLINE": "1"}

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from prunenet.arch import get_arch_spec
-from prunenet.checkpoint import Checkpoint
-from prunenet.plan import PruningPlan
+from prunenet.planning.plan import PruningPlan
+from prunenet.source.checkpoint import Checkpoint
 
 __all__ = ["ExportConfig", "EXPORTERS", "export_hf", "export_onnx_target", "parameter_stats"]
 

@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import save_file
 
 from prunenet.arch import get_arch_spec
-from prunenet.checkpoint import Checkpoint
 from prunenet.errors import PlanMismatch, PruneNetError
-from prunenet.plan import PruningPlan
+from prunenet.planning.plan import PruningPlan
+from prunenet.planning.surgery import layer_tensor_roles, pad_tensor, slice_tensor
 from prunenet.progress import track
-from prunenet.surgery import layer_tensor_roles, pad_tensor, slice_tensor
+from prunenet.source.checkpoint import Checkpoint
 
 from .hf_config import MODELING_FILE, needs_modeling_file, rewrite_config
 

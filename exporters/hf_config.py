@@ -15,7 +15,7 @@ from typing import Any
 
 from prunenet import __version__
 from prunenet.arch import ArchSpec
-from prunenet.plan import PruningPlan
+from prunenet.planning.plan import PruningPlan
 
 __all__ = ["COMPAT_MODES", "MODELING_FILE", "rewrite_config", "needs_modeling_file"]
 

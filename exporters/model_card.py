@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from prunenet import __version__
-from prunenet.plan import PruningPlan
+from prunenet.planning.plan import PruningPlan
 
 __all__ = ["write_widths_chart", "write_model_card", "load_hint", "CHART_FILE"]
 

@@ -91,7 +91,7 @@ def export_onnx(
     prompts: list[str] | None = None,
 ) -> dict[str, Any]:
     """Export ``hf_dir`` into ``out_dir`` (created by the caller, staged atomically); returns a report."""
-    from prunenet.pipeline import resolve_device
+    from prunenet.planning.planner import resolve_device
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     device = resolve_device(device).type

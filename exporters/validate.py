@@ -12,8 +12,8 @@ import torch
 
 from prunenet.arch import get_arch_spec
 from prunenet.errors import ExportValidationError
-from prunenet.plan import PruningPlan
-from prunenet.surgery import apply_plan_
+from prunenet.planning.plan import PruningPlan
+from prunenet.planning.surgery import apply_plan_
 
 __all__ = ["validate_hf_export", "load_pruned"]
 

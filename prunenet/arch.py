@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UnsupportedArchitecture
+from prunenet.errors import UnsupportedArchitecture
 
 __all__ = ["ArchSpec", "ARCH_SPECS", "get_arch_spec", "supported_model_types"]
 

@@ -206,7 +206,7 @@ def model_info(d: Path, label: str) -> dict[str, Any]:
                             "widths": config.get("intermediate_sizes") or (config.get("pruning") or {}).get("widths")}
     weights = list(d.glob("*.safetensors"))
     if weights:
-        from prunenet.checkpoint import Checkpoint
+        from prunenet.source.checkpoint import Checkpoint
 
         info["parameters"] = Checkpoint(d).num_parameters()
         info["weights_mb"] = round(sum(f.stat().st_size for f in weights) / 2**20, 1)

@@ -289,7 +289,7 @@ def onnx_dir_for(hf_dir: Path, *, device: str = "cpu", validate: bool = True) ->
 
     from exporters.onnx import REPORT_FILE, export_onnx
     from exporters.staging import staged_output
-    from prunenet.source import cache_dir
+    from prunenet.source.resolve import cache_dir
 
     root = cache_dir() / "onnx"
     root.mkdir(parents=True, exist_ok=True)

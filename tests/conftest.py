@@ -23,7 +23,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def default_model() -> Path:
     """The real default model (SmolLM2-135M-Instruct), built into the cache on first use."""
-    from prunenet.source import resolve_model
+    from prunenet.source.resolve import resolve_model
 
     return resolve_model(None).path
 

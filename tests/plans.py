@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from prunenet.arch import get_arch_spec
-from prunenet.checkpoint import Checkpoint
-from prunenet.plan import LayerPlan, PruningPlan
+from prunenet.planning.plan import LayerPlan, PruningPlan
+from prunenet.source.checkpoint import Checkpoint
 
 
 def nonuniform_widths(width: int, n_layers: int, ratio: float, align: int) -> list[int]:

@@ -146,7 +146,7 @@ def test_foreign_and_corrupt_policy_and_plan(tiny_models, tmp_path):
     ok = _run(["--model", str(tiny_models["qwen2"]), "--ratio", "0.3", "--align", "16", "--episodes", "1",
                "--out", str(first), "--no-eval"])
     assert ok.exit_code == 0, ok.output
-    from prunenet.policy import PolicyNetwork, save_policy
+    from prunenet.policy.network import PolicyNetwork, save_policy
 
     other_shape = tmp_path / "other.safetensors"
     save_policy(PolicyNetwork(8, 77), other_shape, {"method": "prunenet"})

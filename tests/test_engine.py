@@ -7,13 +7,13 @@ import torch
 from tiny_models import TINY_CONFIGS
 from transformers import AutoModelForCausalLM
 
-from prunenet.allocation import input_layer_prior, sensitivity_widths, uniform_widths, width_step
 from prunenet.errors import BudgetError, PolicyMismatch, PruneNetError
-from prunenet.pipeline import PruneConfig, make_plan
-from prunenet.plan import PruningPlan
-from prunenet.policy import PolicyNetwork, load_policy, save_policy
-from prunenet.spectrum import ks_distance, singular_values
-from prunenet.surgery import apply_plan_
+from prunenet.planning.allocation import input_layer_prior, sensitivity_widths, uniform_widths, width_step
+from prunenet.planning.plan import PruningPlan
+from prunenet.planning.planner import PruneConfig, make_plan
+from prunenet.planning.surgery import apply_plan_
+from prunenet.policy.network import PolicyNetwork, load_policy, save_policy
+from prunenet.policy.spectrum import ks_distance, singular_values
 
 
 def _ks_bruteforce(a, b):
@@ -44,8 +44,8 @@ def test_singular_values_match_svd(shape):
 @pytest.mark.parametrize("k", [200, 300, 420, 511])
 def test_spectral_reward_complement_gram_equals_direct(k):
     """Keeping most rows, the reward subtracts the dropped rows' Gram; the KS value must not change."""
-    from prunenet.ffn import LayerFFN
-    from prunenet.rewards import SpectralReward
+    from prunenet.policy.rewards import SpectralReward
+    from prunenet.source.ffn import LayerFFN
 
     g = torch.Generator().manual_seed(k)
     W = torch.randn(512, 96, generator=g) * torch.rand(512, 1, generator=g)

@@ -22,8 +22,8 @@ from exporters.staging import staged_output
 from prunenet.cli import main
 from prunenet.errors import OutputExistsError
 from prunenet.interrupts import Terminated, catching_signals
-from prunenet.pipeline import PruneConfig, make_plan
-from prunenet.surgery import apply_plan_
+from prunenet.planning.planner import PruneConfig, make_plan
+from prunenet.planning.surgery import apply_plan_
 
 IDS = torch.randint(0, 500, (2, 10), generator=torch.Generator().manual_seed(0))
 
@@ -209,7 +209,7 @@ def _interrupt_when_staging_appears(cmd: list[str], parent: Path, sig: int, dela
 @pytest.mark.integration
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_while_writing_the_real_model_leaves_nothing(default_model, tmp_path, sig, code):
-    from prunenet.plan import PLAN_FILE
+    from prunenet.planning.plan import PLAN_FILE
 
     plan = make_plan(default_model, PruneConfig(ratio=0.3, method="random", self_data=0)).plan
     plan.save(tmp_path)
@@ -224,7 +224,7 @@ def test_signal_while_writing_the_real_model_leaves_nothing(default_model, tmp_p
 @pytest.mark.integration
 def test_sigkill_mid_write_is_cleaned_by_the_next_run(default_model, tmp_path):
     """A killed export leaves its staging directory; the next run removes it and succeeds."""
-    from prunenet.plan import PLAN_FILE
+    from prunenet.planning.plan import PLAN_FILE
 
     plan = make_plan(default_model, PruneConfig(ratio=0.3, method="random", self_data=0)).plan
     plan.save(tmp_path)

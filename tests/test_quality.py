@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from plans import outlier_plan
 
 from prunenet.cli import main
-from prunenet.quality import (
+from prunenet.evaluation.quality import (
     DenseReference,
     EvalInputError,
     compare_models,
@@ -211,7 +211,7 @@ def test_evaluate_dirs_on_self_generated_text(tiny_export):
 
 @pytest.fixture(scope="module")
 def smollm(default_model):
-    from prunenet.quality import load_tokenizer
+    from prunenet.evaluation.quality import load_tokenizer
 
     return load_causal_lm(default_model), load_tokenizer(default_model)
 

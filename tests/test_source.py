@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from prunenet.errors import ModelSourceError
-from prunenet.source import _cached_entry, resolve_model
+from prunenet.source.resolve import _cached_entry, resolve_model
 
 
 def _slow_build(out: Path, counter: Path) -> None:

@@ -49,7 +49,7 @@ class _BenchDir(click.ParamType):
     name = "dir"
 
     def convert(self, value, param, ctx) -> Path:
-        from prunenet.source import DEFAULT_MODEL
+        from prunenet.source.resolve import DEFAULT_MODEL
 
         if str(value) == DEFAULT_MODEL:
             return Path(value)  # resolved (and built if needed) inside the command, where errors are handled
@@ -117,7 +117,7 @@ def command(dirs: tuple[Path, ...], engines: tuple[str, ...], batch_sizes: tuple
       prunenet bench dense pruned --engine torch onnxruntime --prompt-lengths 32 128 --out results
     """
     setup_output(quiet, verbose, as_json)
-    from prunenet.source import DEFAULT_MODEL, resolve_model
+    from prunenet.source.resolve import DEFAULT_MODEL, resolve_model
     from serving.bench import BenchConfig, benchmark, markdown_table
 
     dirs = tuple(resolve_model(None).path if str(d) == DEFAULT_MODEL else d for d in dirs)

@@ -13,7 +13,7 @@ BUILTIN_TEXTS = ("default", "full", "self")
 
 def _read_text(value: str) -> tuple[str | None, str, bool]:
     """``(text, name, self_generated)`` for a ``--text`` value: a file, or a built-in text name."""
-    from prunenet.quality import EvalInputError
+    from prunenet.evaluation.quality import EvalInputError
     from prunenet.texts import reference_text
 
     path = Path(value).expanduser()
@@ -66,7 +66,7 @@ def command(out: str, reference: str | None, text: str, max_tokens: int, seq_len
     setup_output(quiet, verbose, as_json)
     content, name, self_generated = _read_text(text)
 
-    from prunenet.quality import evaluate_dirs
+    from prunenet.evaluation.quality import evaluate_dirs
 
     report = evaluate_dirs(out, reference, content, text_name=name, self_generated=self_generated,
                            seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from prunenet.allocation import ALLOCATIONS
-from prunenet.methods import METHODS
+from prunenet.planning.allocation import ALLOCATIONS
+from prunenet.planning.methods import METHODS
 
 from .common import emit_json, handle_errors, setup_output, verbosity_options
 
@@ -56,9 +56,8 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
       prunenet-export --model ./my-llama --ratio 0.2 --policy out/prunenet-policy.safetensors --out out-0.2
     """
     setup_output(quiet, verbose, as_json)
-    from prunenet.pipeline import PruneConfig
-
-    from .job import ExportRequest, run_export
+    from prunenet.jobs.export_job import ExportRequest, run_export
+    from prunenet.planning.planner import PruneConfig
 
     cfg = PruneConfig(ratio=ratio, method=method, allocation=allocation, align=align, tp=tuple(tp),
                       episodes=episodes, lr=lr, seed=seed, device=device, policy=policy, self_data=self_data)

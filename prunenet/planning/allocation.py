@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from .errors import BudgetError
+from prunenet.errors import BudgetError
 
 __all__ = ["ALLOCATIONS", "width_step", "uniform_widths", "sensitivity_widths", "width_grid", "input_layer_prior"]
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .errors import ModelSourceError
-from .progress import status
+from prunenet.errors import ModelSourceError
+from prunenet.progress import status
 
 __all__ = [
     "DEFAULT_MODEL",

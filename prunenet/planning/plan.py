@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PlanMismatch
+from prunenet.errors import PlanMismatch
 
 __all__ = ["FORMAT_VERSION", "PLAN_FILE", "LayerPlan", "PruningPlan"]
 

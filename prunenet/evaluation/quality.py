@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from .errors import ModelSourceError, PruneNetError
-from .plan import PLAN_FILE, PruningPlan
-from .progress import status, track
+from prunenet.errors import ModelSourceError, PruneNetError
+from prunenet.planning.plan import PLAN_FILE, PruningPlan
+from prunenet.progress import status, track
 
 __all__ = [
     "EvalInputError",
@@ -49,7 +49,7 @@ __all__ = [
     "DEFAULT_SEQ_LEN",
 ]
 
-log = logging.getLogger("prunenet.quality")
+log = logging.getLogger("prunenet.evaluation.quality")
 
 DEFAULT_SEQ_LEN = 512
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -317,7 +317,7 @@ class DenseReference:
     def from_text(cls, model, tokenizer, text: str | Sequence[str] | None = None, *, seq_len: int = DEFAULT_SEQ_LEN,
                   max_tokens: int | None = None, **kwargs) -> DenseReference:
         """Window ``text`` (default: the bundled reference text's ``default`` slice) and score ``model`` on it."""
-        from .texts import reference_text
+        from prunenet.texts import reference_text
 
         windows = token_windows(tokenizer, reference_text("default") if text is None else text, seq_len, max_tokens)
         return cls(model, windows, **kwargs)
@@ -382,7 +382,7 @@ def compare_models(dense, pruned, windows: list[torch.Tensor], *, batch_size: in
 
 def pruned_copy(model, plan: PruningPlan):
     """A pruned deep copy of an in-memory model (the original is left untouched)."""
-    from .surgery import apply_plan_
+    from prunenet.planning.surgery import apply_plan_
 
     return apply_plan_(copy.deepcopy(model), plan).eval()
 
@@ -394,7 +394,7 @@ def load_causal_lm(path: Path):
     """Load an HF causal LM in fp32 for evaluation (``trust_remote_code`` for non-uniform exports)."""
     from transformers import AutoModelForCausalLM
 
-    from .source import check_model_dir
+    from prunenet.source.resolve import check_model_dir
 
     check_model_dir(Path(path))
     try:
@@ -431,7 +431,7 @@ def reference_source(pruned_dir: Path) -> str | None:
 
 
 def _resolve_reference(pruned_dir: Path, reference: str | Path | None) -> Path:
-    from .source import resolve_model
+    from prunenet.source.resolve import resolve_model
 
     if reference is not None:
         return resolve_model(reference).path
@@ -455,8 +455,8 @@ def evaluate_dirs(pruned_dir: str | Path, reference_dir: str | Path | None = Non
     ``self_generated`` the dense model writes the text itself (8 samples x 200 tokens, seed 0).
     ``seq_len`` defaults to :data:`DEFAULT_SEQ_LEN`, or the model's context if that is shorter.
     """
-    from .source import check_model_dir
-    from .texts import reference_text, self_generated_text
+    from prunenet.source.resolve import check_model_dir
+    from prunenet.texts import reference_text, self_generated_text
 
     pruned_dir = Path(pruned_dir)
     if not pruned_dir.is_dir():

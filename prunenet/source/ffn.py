@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers.activations import ACT2FN
 
-from .arch import ArchSpec
-from .checkpoint import Checkpoint
+from prunenet.arch import ArchSpec
+from prunenet.source.checkpoint import Checkpoint
 
 __all__ = ["LayerFFN", "load_layer_ffn", "load_ffns"]
 
@@ -71,7 +71,7 @@ def load_layer_ffn(ckpt: Checkpoint, spec: ArchSpec, layer: int) -> LayerFFN:
 
 
 def load_ffns(ckpt: Checkpoint, spec: ArchSpec) -> list[LayerFFN]:
-    from .progress import track
+    from prunenet.progress import track
 
     n = spec.num_layers(ckpt.config)
     return [load_layer_ffn(ckpt, spec, i) for i in track(range(n), "Reading FFN matrices", total=n)]

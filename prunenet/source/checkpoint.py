@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .errors import ModelSourceError
+from prunenet.errors import ModelSourceError
 
 __all__ = ["Checkpoint"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .ffn import LayerFFN
+from prunenet.source.ffn import LayerFFN
 
 __all__ = ["FEATURES", "neuron_features"]
 

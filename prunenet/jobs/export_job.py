@@ -34,9 +34,9 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     from exporters import EXPORTERS, ExportConfig, parameter_stats
     from exporters.model_card import load_hint, write_model_card
     from exporters.staging import check_output_dir, staged_output
-    from prunenet.pipeline import make_plan, resolve_device
-    from prunenet.policy import POLICY_FILE, save_policy
-    from prunenet.source import resolve_model
+    from prunenet.planning.planner import make_plan, resolve_device
+    from prunenet.policy.network import POLICY_FILE, save_policy
+    from prunenet.source.resolve import resolve_model
 
     source = resolve_model(req.model)
     check_output_dir(req.out, force=req.force, source=source.path)  # fail before any training
@@ -64,10 +64,10 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
 
 
 def _saved_plan(path: Path, source: Path):
-    from prunenet.checkpoint import Checkpoint
     from prunenet.errors import PlanMismatch
-    from prunenet.pipeline import PlanResult
-    from prunenet.plan import PruningPlan
+    from prunenet.planning.plan import PruningPlan
+    from prunenet.planning.planner import PlanResult
+    from prunenet.source.checkpoint import Checkpoint
 
     plan = PruningPlan.load(path)
     if plan.source_fingerprint != Checkpoint(source).fingerprint():
@@ -76,7 +76,7 @@ def _saved_plan(path: Path, source: Path):
 
 
 def _quality(out: Path, source: Path) -> dict[str, Any]:
-    from prunenet.quality import evaluate_dirs
+    from prunenet.evaluation.quality import evaluate_dirs
 
     return evaluate_dirs(out, source).to_dict()
 

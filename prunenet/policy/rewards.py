@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .ffn import LayerFFN
-from .spectrum import gram_singular_values, ks_distance, singular_values
+from prunenet.policy.spectrum import gram_singular_values, ks_distance, singular_values
+from prunenet.source.ffn import LayerFFN
 
 __all__ = ["SpectralReward", "OutputReward", "PeakReward", "synthetic_inputs", "spike_inputs"]
 

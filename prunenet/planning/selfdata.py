@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from .arch import ArchSpec
-from .progress import status
+from prunenet.arch import ArchSpec
+from prunenet.progress import status
 
 __all__ = ["generate_self_text", "capture_ffn_inputs"]
 
 
 def generate_self_text(model, tokenizer, tokens: int, seed: int = 0, sample_len: int = 128) -> list[torch.Tensor]:
     """About ``tokens`` tokens the model samples itself, as id rows (one per sample, document start first)."""
-    from .texts import document_start_id, self_generated_text
+    from prunenet.texts import document_start_id, self_generated_text
 
     n = max(1, -(-tokens // sample_len))
     with status(f"Generating {n} x {sample_len} tokens of self-text"):

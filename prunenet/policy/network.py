@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import PolicyMismatch
+from prunenet.errors import PolicyMismatch
 
 __all__ = ["PolicyNetwork", "POLICY_FILE", "save_policy", "load_policy", "gumbel_sigmoid", "policy_fingerprint"]
 

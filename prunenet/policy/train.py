@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .policy import PolicyNetwork, gumbel_sigmoid
-from .progress import track
+from prunenet.policy.network import PolicyNetwork, gumbel_sigmoid
+from prunenet.progress import track
 
 __all__ = ["TrainConfig", "TrainResult", "train_policy"]
 

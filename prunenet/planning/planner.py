@@ -14,18 +14,24 @@ from pathlib import Path
 
 import torch
 
-from .allocation import ALLOCATIONS, input_layer_prior, sensitivity_widths, uniform_widths, width_step
-from .arch import ArchSpec, get_arch_spec
-from .checkpoint import Checkpoint
-from .errors import PolicyMismatch, PruneNetError
-from .features import FEATURES, neuron_features
-from .ffn import LayerFFN, load_ffns
-from .methods import METHODS, Method
-from .plan import LayerPlan, PruningPlan
-from .policy import PolicyNetwork, load_policy, policy_fingerprint
-from .progress import track
-from .rewards import OutputReward, PeakReward, SpectralReward, spike_inputs
-from .train import TrainConfig, train_policy
+from prunenet.arch import ArchSpec, get_arch_spec
+from prunenet.errors import PolicyMismatch, PruneNetError
+from prunenet.planning.allocation import (
+    ALLOCATIONS,
+    input_layer_prior,
+    sensitivity_widths,
+    uniform_widths,
+    width_step,
+)
+from prunenet.planning.methods import METHODS, Method
+from prunenet.planning.plan import LayerPlan, PruningPlan
+from prunenet.policy.features import FEATURES, neuron_features
+from prunenet.policy.network import PolicyNetwork, load_policy, policy_fingerprint
+from prunenet.policy.rewards import OutputReward, PeakReward, SpectralReward, spike_inputs
+from prunenet.policy.train import TrainConfig, train_policy
+from prunenet.progress import track
+from prunenet.source.checkpoint import Checkpoint
+from prunenet.source.ffn import LayerFFN, load_ffns
 
 __all__ = ["PruneConfig", "PlanResult", "make_plan", "resolve_device"]
 
@@ -145,7 +151,7 @@ def _self_data(source: str, spec: ArchSpec, tokens: int, seed: int) -> tuple[lis
     """Generated once per (model, tokens, seed) in a process: a benchmark reuses it across variants."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .selfdata import capture_ffn_inputs, generate_self_text
+    from prunenet.planning.selfdata import capture_ffn_inputs, generate_self_text
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(source)

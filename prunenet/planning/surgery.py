@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch import ArchSpec, get_arch_spec
-from .plan import PruningPlan
+from prunenet.arch import ArchSpec, get_arch_spec
+from prunenet.planning.plan import PruningPlan
 
 __all__ = ["neuron_axis", "slice_tensor", "pad_tensor", "apply_plan_", "layer_tensor_roles"]
 

@@ -21,7 +21,7 @@ class Method:
     reward: str = ""
     """'spectral' (the paper's KS distance of singular values) or 'output' (FFN output error)."""
     estimator: str = ""
-    """'fixed' or 'paper' (see :mod:`prunenet.train`)."""
+    """'fixed' or 'paper' (see :mod:`prunenet.policy.train`)."""
 
 
 METHODS: dict[str, Method] = {
