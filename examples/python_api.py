@@ -7,9 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from exporters import EXPORTERS, ExportConfig, parameter_stats
+from exporters import EXPORTERS, ExportConfig
 from exporters.staging import staged_output
 from prunenet.planning.planner import PruneConfig, make_plan
+from prunenet.planning.stats import parameter_stats
 from prunenet.source.resolve import resolve_model
 
 source = resolve_model(sys.argv[1] if len(sys.argv) > 1 else None)

@@ -14,13 +14,12 @@ import copy
 from typing import Any
 
 from prunenet import __version__
-from prunenet.arch import ArchSpec
+from prunenet.arch import MODELING_FILE, ArchSpec
 from prunenet.planning.plan import PruningPlan
 
 __all__ = ["COMPAT_MODES", "MODELING_FILE", "rewrite_config", "needs_modeling_file"]
 
 COMPAT_MODES = ("native", "padded")
-MODELING_FILE = "modeling_pruned.py"
 
 
 def needs_modeling_file(plan: PruningPlan, compat: str) -> bool:
@@ -39,11 +38,11 @@ def rewrite_config(config: dict[str, Any], spec: ArchSpec, plan: PruningPlan, co
     cfg["architectures"] = [spec.hf_architecture]
     if needs_modeling_file(plan, compat):
         module = MODELING_FILE.removesuffix(".py")
-        cfg["architectures"] = [f"Pruned{spec.hf_architecture}"]
+        cfg["architectures"] = [spec.pruned_architecture]
         cfg["intermediate_sizes"] = list(widths)
         cfg["auto_map"] = {
-            "AutoModel": f"{module}.Pruned{spec.hf_base_model}",
-            "AutoModelForCausalLM": f"{module}.Pruned{spec.hf_architecture}",
+            "AutoModel": f"{module}.{spec.pruned_base_model}",
+            "AutoModelForCausalLM": f"{module}.{spec.pruned_architecture}",
         }
     cfg["pruning"] = {
         "tool": f"prunenet-deploy {__version__}",

@@ -12,7 +12,13 @@ from typing import Any
 
 from prunenet.errors import UnsupportedArchitecture
 
-__all__ = ["ArchSpec", "ARCH_SPECS", "get_arch_spec", "supported_model_types"]
+__all__ = ["ArchSpec", "ARCH_SPECS", "MODELING_FILE", "PRUNED_PREFIX", "get_arch_spec", "supported_model_types",
+           "is_pruned_architecture"]
+
+MODELING_FILE = "modeling_pruned.py"
+"""The remote-code module a non-uniform export ships (transformers loads it with ``trust_remote_code``)."""
+PRUNED_PREFIX = "Pruned"
+"""Non-uniform exports name ``Pruned<Base>`` classes: ``PrunedLlamaForCausalLM``, ``PrunedLlamaModel``."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,14 @@ class ArchSpec:
             value = 4 * int(_get(config, "hidden_size"))
         return int(value)
 
+    @property
+    def pruned_architecture(self) -> str:
+        """The causal-LM class a non-uniform export names in config.json (vLLM plugin, remote code)."""
+        return PRUNED_PREFIX + self.hf_architecture
+
+    @property
+    def pruned_base_model(self) -> str:
+        return PRUNED_PREFIX + self.hf_base_model
 
     def activation(self, config: Any) -> str:
         return str((_get(config, self.act_attr) if self.act_attr else None) or self.default_act)
@@ -149,6 +163,10 @@ ARCH_SPECS: dict[str, ArchSpec] = {
         default_act="gelu",
     ),
 }
+
+
+def is_pruned_architecture(name: str) -> bool:
+    return str(name).startswith(PRUNED_PREFIX)
 
 
 def supported_model_types() -> list[str]:

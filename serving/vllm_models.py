@@ -75,7 +75,7 @@ VLLM_FAMILIES: dict[str, VllmFamily] = {
 
 def pruned_arch_name(spec: ArchSpec) -> str:
     """The architecture a non-uniform export of this family names in config.json."""
-    return f"Pruned{spec.hf_architecture}"
+    return spec.pruned_architecture
 
 
 def pruned_architectures() -> list[str]:

@@ -31,10 +31,11 @@ class ExportRequest:
 
 def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     """Prune ``req.model`` by ``cfg`` and write ``req.out`` for ``req.target``; returns a report."""
-    from exporters import EXPORTERS, ExportConfig, parameter_stats
+    from exporters import EXPORTERS, ExportConfig
     from exporters.model_card import load_hint, write_model_card
     from exporters.staging import check_output_dir, staged_output
     from prunenet.planning.planner import make_plan, resolve_device
+    from prunenet.planning.stats import parameter_stats
     from prunenet.policy.network import POLICY_FILE, save_policy
     from prunenet.source.resolve import resolve_model
 
