@@ -53,6 +53,8 @@ class ArchSpec:
     act_attr: str = "hidden_act"
     """Config attribute naming the FFN activation."""
     default_act: str = "silu"
+    layer_returns_tuple: bool = False
+    """The decoder layer returns ``(hidden, ...)`` rather than the hidden states (Falcon in transformers 5)."""
     atol: float = 1e-4
     """Logit tolerance for export validation in fp32."""
 
@@ -161,6 +163,7 @@ ARCH_SPECS: dict[str, ArchSpec] = {
         ffn_norm="input_layernorm.weight",
         act_attr="",  # FalconMLP hard-codes GELU
         default_act="gelu",
+        layer_returns_tuple=True,
     ),
 }
 

@@ -113,9 +113,11 @@ def self_generated_text(model, tokenizer, n_samples: int = 8, n_tokens: int = 20
                                                                   add_special_tokens=False)["input_ids"]
                for i in range(n_samples)]
     width = max(len(p) for p in prompts)
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    device = model.device
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    fork = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork, device_type=device.type), torch.no_grad():
         torch.manual_seed(seed)
         out = model.generate(
             input_ids=input_ids, attention_mask=attention_mask, do_sample=True, temperature=temperature,

@@ -2,69 +2,89 @@
 
 No user or external data: the dense model samples a few continuations of neutral prompts with
 a fixed seed, then the FFN inputs it produces on that text are captured per layer. They replace
-the synthetic Gaussian inputs of the output reward, so the reward sees the real (heavy-tailed)
-hidden-state distribution, including massive-activation dimensions.
+the synthetic inputs of the output reward, so the reward sees the real (heavy-tailed) hidden-state
+distribution, including massive-activation dimensions.
+
+Generation needs the whole model (it is autoregressive) and runs on ``--device`` in the checkpoint's
+own dtype. The capture does not: :func:`stream_ffn_inputs` runs the generated ids through one
+onloaded layer at a time (:class:`~prunenet.source.layerwise.LayerwiseModel`) and yields each layer's
+inputs as soon as they exist, so the caller can reduce them to a summary before the next layer.
 """
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from pathlib import Path
+
 import torch
 
-from prunenet.arch import ArchSpec
-from prunenet.progress import status
+from prunenet.progress import status, track
 
-__all__ = ["generate_self_text", "capture_ffn_inputs"]
+__all__ = ["generate_self_text", "self_text_ids", "stream_ffn_inputs", "SAMPLE_LEN"]
+
+SAMPLE_LEN = 128
+"""Tokens per self-text sample; ``--self-data N`` asks for ceil(N / SAMPLE_LEN) samples."""
 
 
-def generate_self_text(model, tokenizer, tokens: int, seed: int = 0, sample_len: int = 128) -> list[torch.Tensor]:
+def generate_self_text(model, tokenizer, tokens: int, seed: int = 0, sample_len: int = SAMPLE_LEN) -> list[torch.Tensor]:
     """About ``tokens`` tokens the model samples itself, as id rows (one per sample, document start first)."""
     from prunenet.texts import document_start_id, self_generated_text
 
     n = max(1, -(-tokens // sample_len))
-    with status(f"Generating {n} x {sample_len} tokens of self-text"):
+    with status(f"Generating {n} x {sample_len} tokens of self-text on {model.device.type}"):
         texts = self_generated_text(model, tokenizer, n_samples=n, n_tokens=sample_len, seed=seed)
     start = document_start_id(tokenizer)
     prefix = [start] if start is not None else []
     return [torch.tensor([prefix + tokenizer(t, add_special_tokens=False)["input_ids"]]) for t in texts]
 
 
-def capture_ffn_inputs(
-    model, spec: ArchSpec, ids: list[torch.Tensor], max_rows: int = 4096, seed: int = 0
-) -> tuple[list[torch.Tensor], list[float]]:
-    """FFN inputs (rows = tokens) of every layer on ``ids``, subsampled to ``max_rows``, and the
-    mean squared norm of the residual stream entering each layer (what an FFN error is relative to)."""
-    n_layers = spec.num_layers(model.config)
-    captured: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
-    residual = [[0.0, 0] for _ in range(n_layers)]
+def self_text_ids(source: Path, tokens: int, seed: int, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Load the dense model on ``device`` in ``dtype``, sample the self-text, free the model."""
+    from prunenet.source.loaders import load_causal_lm, load_tokenizer
 
-    def grab_ffn(i):
-        return lambda m, args: captured[i].append(args[0].detach().float())
-
-    def grab_residual(i):
-        def hook(m, args, kwargs):
-            h = (args[0] if args else kwargs["hidden_states"]).detach().float()
-            residual[i][0] += float(h.pow(2).sum())
-            residual[i][1] += h.numel() // h.shape[-1]
-        return hook
-
-    hooks = []
-    for i in range(n_layers):
-        ffn = model.get_submodule(spec.layer_name(i, spec.state).removesuffix(".weight"))
-        hooks.append(ffn.register_forward_pre_hook(grab_ffn(i)))
-        layer = model.get_submodule(f"{spec.layers_prefix}.{i}")
-        hooks.append(layer.register_forward_pre_hook(grab_residual(i), with_kwargs=True))
+    model = load_causal_lm(source, dtype=dtype, device=device, check=False)
     try:
-        with status("Capturing FFN inputs on self-text"), torch.no_grad():
-            for row in ids:
-                model(row)
+        return generate_self_text(model, load_tokenizer(source), tokens, seed=seed)
     finally:
-        for h in hooks:
-            h.remove()
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def stream_ffn_inputs(
+    source: Path, ids: list[torch.Tensor], *, device: torch.device, dtype: torch.dtype, max_rows: int = 4096,
+    seed: int = 0,
+) -> Iterator[tuple[int, torch.Tensor, float]]:
+    """Yield ``(layer, X, residual)`` for every layer, in order, one onloaded layer at a time.
+
+    ``X`` are the FFN inputs (rows = tokens, fp32, on the CPU) on ``ids``, subsampled to ``max_rows``;
+    ``residual`` is the mean squared norm of the residual stream entering the layer (what an FFN
+    error is relative to).
+    """
+    from prunenet.source.layerwise import LayerwiseModel
+
+    lm = LayerwiseModel(source, device=device, dtype=dtype)
+    ffn_module = lm.spec.state.removesuffix(".weight")
     g = torch.Generator().manual_seed(seed)
-    out = []
-    for rows in captured:
+    with status("Preparing layer-by-layer capture"):
+        hidden, kwargs = lm.prepare(ids)
+    for i in track(range(lm.num_layers), "Capturing FFN inputs on self-text", total=lm.num_layers):
+        total, count = 0.0, 0
+        for h in hidden:
+            hf = h.detach().float()
+            total += float(hf.pow(2).sum())
+            count += hf.numel() // hf.shape[-1]
+        rows: list[torch.Tensor] = []
+        with lm.layer(i) as module:
+            hook = module.get_submodule(ffn_module).register_forward_pre_hook(
+                lambda m, args, rows=rows: rows.append(args[0].detach().float().cpu()))
+            try:
+                hidden = lm.forward_layer(module, i, hidden, kwargs)
+            finally:
+                hook.remove()
         X = torch.cat([r.reshape(-1, r.shape[-1]) for r in rows])
         if X.shape[0] > max_rows:
             X = X[torch.randperm(X.shape[0], generator=g)[:max_rows]]
-        out.append(X)
-    return out, [total / max(count, 1) for total, count in residual]
+        yield i, X, total / max(count, 1)

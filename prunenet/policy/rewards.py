@@ -12,7 +12,9 @@
   obvious data-free choice, rank like gate-row magnitude, which measured far worse than random.)
 
 Both expose ``cost(kept)`` (lower is better) and ``curve(order, widths)``, the cost of keeping the
-top-``k`` neurons of a ranking for each ``k``, which drives the non-uniform allocation.
+top-``k`` neurons of a ranking for each ``k``, which drives the non-uniform allocation. They are built
+from one layer's activations ``H`` and keep only compact statistics, so a planner can hold every
+layer's reward while it streams the checkpoint one layer at a time.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from prunenet.policy.spectrum import gram_singular_values, ks_distance, singular_values
 from prunenet.source.ffn import LayerFFN
 
-__all__ = ["SpectralReward", "OutputReward", "PeakReward", "synthetic_inputs", "spike_inputs"]
+__all__ = ["SpectralReward", "OutputReward", "PeakReward", "spike_inputs"]
 
 
 class SpectralReward:
@@ -47,12 +49,6 @@ class SpectralReward:
         return [self.cost(order[:k]) if k < len(order) else 0.0 for k in widths]
 
 
-def synthetic_inputs(ffn: LayerFFN, n: int, generator: torch.Generator) -> torch.Tensor:
-    """Data-free FFN inputs: a normalised hidden state has unit RMS, scaled by the norm's gain."""
-    z = torch.randn(n, ffn.W.shape[1], generator=generator, device="cpu").to(ffn.W.device)
-    return z * ffn.gain
-
-
 def spike_inputs(ffn: LayerFFN) -> torch.Tensor:
     """One normalised hidden state per channel, all its RMS in that channel (d x d)."""
     d = ffn.W.shape[1]
@@ -62,9 +58,9 @@ def spike_inputs(ffn: LayerFFN) -> torch.Tensor:
 class PeakReward:
     """Share of the layer's peak output mass removed: a linear cost, outlier neurons weigh most."""
 
-    def __init__(self, ffn: LayerFFN, X: torch.Tensor) -> None:
-        self.H = ffn.hidden(X)
-        self.peak = self.H.abs().amax(0) * ffn.D.abs().amax(1)
+    def __init__(self, ffn: LayerFFN, H: torch.Tensor) -> None:
+        """``H``: the neuron activations on the spike inputs (:func:`spike_inputs`)."""
+        self.peak = H.abs().amax(0) * ffn.D.abs().amax(1)
         self.total = max(float(self.peak.sum()), 1e-30)
 
     def cost(self, kept: torch.Tensor) -> float:
@@ -76,19 +72,37 @@ class PeakReward:
 
 
 class OutputReward:
-    """Relative squared error of the FFN output when only ``kept`` neurons remain."""
+    """Relative squared error of the FFN output when only ``kept`` neurons remain.
+
+    The error of removing neurons ``R`` is ``||H_R D_R||^2``. Up to :attr:`gram_limit` neurons it is the
+    exact quadratic form ``1_R^T ((H^T H) o (D D^T)) 1_R`` in an m x m matrix. Wider layers (7B: 11,008,
+    70B: 28,672) would need that matrix or ``H`` and ``D`` themselves, hundreds of MB per layer, so the
+    error is measured through a fixed two-sided Gaussian sketch ``(G H)_R (D S)_R`` (k x k): unbiased,
+    a relative error of about ``sqrt(2/k)`` that is the same for every subset compared, at 2 k m numbers
+    per layer.
+    """
 
     gram_limit = 4096
-    """Up to this width the error is a quadratic form in an m x m matrix (fast, O(m^2) per call)."""
+    sketch = 1024
+    """Sketch size k for layers wider than :attr:`gram_limit`."""
 
-    def __init__(self, ffn: LayerFFN, X: torch.Tensor) -> None:
-        H = ffn.hidden(X)  # N x m
-        self.H, self.D = H, ffn.D
-        self.total = max(float((H @ ffn.D).pow(2).sum()), 1e-30)
+    def __init__(self, ffn: LayerFFN, H: torch.Tensor, seed: int = 0) -> None:
+        # the sketch's seed is fixed, not --seed: it is part of the measurement, not of the search
+        """``H``: the neuron activations (N x m) on the layer's captured FFN inputs."""
+        self.width = H.shape[1]
+        self.M = self.A = self.B = None
+        if self.width <= self.gram_limit:
+            self.total = max(float((H @ ffn.D).pow(2).sum()), 1e-30)
+            self.M = (H.T @ H) * (ffn.D @ ffn.D.T)
+        else:
+            g = torch.Generator().manual_seed(seed)
+            k = self.sketch
+            G = (torch.randn(k, H.shape[0], generator=g) / k**0.5).to(H.device, H.dtype)
+            S = (torch.randn(ffn.D.shape[1], k, generator=g) / k**0.5).to(H.device, H.dtype)
+            self.A, self.B = G @ H, ffn.D @ S  # k x m, m x k
+            self.total = max(float((self.A @ self.B).pow(2).sum()), 1e-30)
         self.output_energy = self.total / H.shape[0]
         """Mean squared norm of the FFN output per token."""
-        # ||H_R D_R||^2 = 1_R^T ((H^T H) o (D D^T)) 1_R: precompute the m x m form when it is small
-        self.M = (H.T @ H) * (ffn.D @ ffn.D.T) if H.shape[1] <= self.gram_limit else None
 
     def _removed_error(self, removed: torch.Tensor) -> float:
         if removed.numel() == 0:
@@ -97,10 +111,10 @@ class OutputReward:
             r = torch.zeros(self.M.shape[0], dtype=self.M.dtype, device=self.M.device)
             r[removed] = 1.0
             return float(r @ (self.M @ r)) / self.total
-        return float((self.H[:, removed] @ self.D[removed]).pow(2).sum()) / self.total
+        return float((self.A[:, removed] @ self.B[removed]).pow(2).sum()) / self.total
 
     def cost(self, kept: torch.Tensor) -> float:
-        mask = torch.ones(self.H.shape[1], dtype=torch.bool, device=self.H.device)
+        mask = torch.ones(self.width, dtype=torch.bool, device=kept.device)
         mask[kept] = False
         return self._removed_error(mask.nonzero().squeeze(-1))
 

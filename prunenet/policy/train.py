@@ -27,7 +27,7 @@ import torch
 from prunenet.policy.network import PolicyNetwork, gumbel_sigmoid
 from prunenet.progress import track
 
-__all__ = ["TrainConfig", "TrainResult", "train_policy"]
+__all__ = ["TrainConfig", "TrainResult", "train_policy", "ESTIMATORS"]
 
 log = logging.getLogger(__name__)
 Cost = Callable[[torch.Tensor], float]
@@ -91,13 +91,13 @@ def _train(policy, states, costs, ks, cfg: TrainConfig) -> TrainResult:
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, foreach=True)
     result = TrainResult(policy)
-    step = _paper_episode if cfg.estimator == "paper" else _fixed_episode
+    estimator = ESTIMATORS[cfg.estimator]
     best = float("inf")
     best_state = copy.deepcopy(policy.state_dict())
     for episode in track(range(cfg.episodes), "Training policy (episodes)", total=cfg.episodes):
-        mean_cost = step(policy, opt, states, costs, ks, cfg, g)
+        mean_cost = estimator.episode(policy, opt, states, costs, ks, cfg, g)
         entry = {"episode": episode, "sampled_cost": mean_cost}
-        if cfg.estimator == "paper":  # as published: no model selection, the last policy is used
+        if not estimator.select_best:
             result.history.append(entry)
             continue
         greedy = _greedy_cost(policy, states, costs, ks)
@@ -106,7 +106,7 @@ def _train(policy, states, costs, ks, cfg: TrainConfig) -> TrainResult:
         if greedy < best:
             best, result.best_episode = greedy, episode
             best_state = copy.deepcopy(policy.state_dict())
-    if cfg.estimator != "paper":
+    if estimator.select_best:
         policy.load_state_dict(best_state)
     return result
 
@@ -152,3 +152,17 @@ def _paper_episode(policy, opt, states, costs, ks, cfg, g) -> float:
         opt.zero_grad()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.clip)  # after zero_grad: no effect
     return total / len(states)
+
+
+@dataclass(frozen=True)
+class Estimator:
+    episode: Callable[..., float]
+    """One episode: sample, score, step the optimizer; returns the mean sampled cost."""
+    select_best: bool
+    """Restore the policy with the best deterministic top-k cost (the paper keeps the last one)."""
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "fixed": Estimator(_fixed_episode, select_best=True),
+    "paper": Estimator(_paper_episode, select_best=False),
+}

@@ -22,6 +22,8 @@ from prunenet.errors import ModelSourceError
 
 __all__ = ["Checkpoint"]
 
+_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
 
 class Checkpoint:
     """A model directory: its config dict and lazy access to its safetensors tensors."""
@@ -91,6 +93,18 @@ class Checkpoint:
                     raise ModelSourceError(
                         f"{self.path / shard}: cannot read tensor {name} ({str(exc).splitlines()[0][:120]})"
                     ) from None
+
+    @cached_property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the checkpoint's weights (the most common floating dtype among its tensors)."""
+        counts: dict[str, int] = {}
+        for shard in self.shards:
+            with self._open(self.path / shard) as f:
+                for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                    kind = f.get_slice(name).get_dtype()
+                    counts[kind] = counts.get(kind, 0) + 1
+        floats = {k: v for k, v in counts.items() if k in _DTYPES}
+        return _DTYPES[max(floats, key=floats.get)] if floats else torch.float32
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         out: dict[str, tuple[int, ...]] = {}

@@ -16,7 +16,7 @@ from transformers.activations import ACT2FN
 from prunenet.arch import ArchSpec
 from prunenet.source.checkpoint import Checkpoint
 
-__all__ = ["LayerFFN", "load_layer_ffn", "load_ffns"]
+__all__ = ["LayerFFN", "load_layer_ffn"]
 
 
 @dataclass
@@ -25,8 +25,8 @@ class LayerFFN:
 
     W: torch.Tensor
     """First FFN matrix (gate for gated FFNs, fc1 otherwise): the paper's state, m x d."""
-    D: torch.Tensor
-    """Output matrix transposed (down/fc2 columns as rows): m x d_out."""
+    D: torch.Tensor | None
+    """Output matrix transposed (down/fc2 columns as rows): m x d_out (None when only the state was read)."""
     gain: torch.Tensor
     """Gain of the norm in front of the FFN (d,), the scale of its inputs."""
     act: str
@@ -52,26 +52,20 @@ class LayerFFN:
         return LayerFFN(move(self.W), move(self.D), move(self.gain), self.act, move(self.U), move(self.bias))
 
 
-def load_layer_ffn(ckpt: Checkpoint, spec: ArchSpec, layer: int) -> LayerFFN:
+def load_layer_ffn(ckpt: Checkpoint, spec: ArchSpec, layer: int, *, state_only: bool = False) -> LayerFFN:
+    """One layer's FFN in fp32. ``state_only`` reads the first matrix alone (the paper's method needs nothing else)."""
     state = ckpt.get(spec.layer_name(layer, spec.state)).float()
     U = None
     if spec.fused_gate_up:  # Phi-3: [gate; up] stacked on rows
         state, U = state.chunk(2, dim=0)
-    elif spec.up is not None:
+    elif spec.up is not None and not state_only:
         U = ckpt.get(spec.layer_name(layer, spec.up)).float()
     bias_name = spec.layer_name(layer, spec.state.replace(".weight", ".bias"))
     bias = ckpt.get(bias_name).float() if ckpt.has(bias_name) else None
-    D = ckpt.get(spec.layer_name(layer, spec.out_proj)).float().T.contiguous()
+    D = None if state_only else ckpt.get(spec.layer_name(layer, spec.out_proj)).float().T.contiguous()
     norm_name = spec.layer_name(layer, spec.ffn_norm)
     if ckpt.has(norm_name):
         gain = ckpt.get(norm_name).float() + spec.norm_offset
     else:
         gain = torch.ones(state.shape[1])
     return LayerFFN(W=state.contiguous(), D=D, gain=gain, act=spec.activation(ckpt.config), U=U, bias=bias)
-
-
-def load_ffns(ckpt: Checkpoint, spec: ArchSpec) -> list[LayerFFN]:
-    from prunenet.progress import track
-
-    n = spec.num_layers(ckpt.config)
-    return [load_layer_ffn(ckpt, spec, i) for i in track(range(n), "Reading FFN matrices", total=n)]

@@ -1,0 +1,47 @@
+"""Where the algorithm computes: ``--device`` resolved once, and how much memory that device offers.
+
+Every phase (planning, self-text, rewards, training, export validation, the quality report) takes the
+device from here, so ``--device cuda`` reaches all of them and ``auto`` means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from prunenet.errors import PruneNetError
+
+__all__ = ["resolve_device", "available_bytes", "MEMORY_BUDGET_ENV"]
+
+MEMORY_BUDGET_ENV = "PRUNENET_MEMORY_BUDGET_GB"
+"""Caps the memory the pre-flight check assumes is available (GB, applies to every device)."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PruneNetError("--device cuda requested but no CUDA device is available; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise PruneNetError(f"--device {device}: not a device torch knows (use auto, cpu or cuda[:N])") from None
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory free for this process on ``device`` now (host RAM for the CPU), capped by the budget variable."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    cap = os.environ.get(MEMORY_BUDGET_ENV)
+    if cap:
+        try:
+            free = min(free, int(float(cap) * 1e9))
+        except ValueError:
+            raise PruneNetError(f"{MEMORY_BUDGET_ENV}={cap!r}: expected a number of GB") from None
+    return int(free)
