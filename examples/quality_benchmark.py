@@ -19,9 +19,11 @@ from pathlib import Path
 
 import torch
 
-from prunenet.evaluation.quality import DenseReference, load_causal_lm, load_tokenizer, token_windows
+from prunenet.evaluation.reference import DenseReference
+from prunenet.evaluation.windows import token_windows
 from prunenet.planning.planner import PruneConfig, make_plan
 from prunenet.policy.network import save_policy
+from prunenet.source.loaders import load_causal_lm, load_tokenizer
 from prunenet.source.resolve import resolve_model
 from prunenet.texts import SOURCE, reference_text, self_generated_text
 

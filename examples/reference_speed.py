@@ -27,7 +27,7 @@ REFERENCE = "efficient-pruners==0.1.0"
 _OURS = """
 import sys, torch
 from prunenet.planning.planner import PruneConfig, make_plan
-from prunenet.evaluation.quality import load_causal_lm
+from prunenet.source.loaders import load_causal_lm
 from prunenet.planning.surgery import apply_plan_
 res = make_plan(sys.argv[1], PruneConfig(ratio=float(sys.argv[2]), method=sys.argv[4], episodes=int(sys.argv[3]),
                                          allocation="uniform", align=1))

@@ -31,8 +31,10 @@ def test_quality_report_is_sane_and_better_than_random(exported, default_model):
     q = result["quality"]
     assert q["dense_ppl"] < q["pruned_ppl"] < 4 * q["dense_ppl"]
     assert 0 < q["kl"] < 1.5 and q["top1_agreement"] > 0.35
-    from prunenet.evaluation.quality import DenseReference, load_causal_lm, load_tokenizer, token_windows
+    from prunenet.evaluation.reference import DenseReference
+    from prunenet.evaluation.windows import token_windows
     from prunenet.planning.planner import PruneConfig, make_plan
+    from prunenet.source.loaders import load_causal_lm, load_tokenizer
     from prunenet.texts import reference_text
 
     model, tok = load_causal_lm(default_model), load_tokenizer(default_model)

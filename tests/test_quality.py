@@ -16,17 +16,11 @@ from click.testing import CliRunner
 from plans import outlier_plan
 
 from prunenet.cli import main
-from prunenet.evaluation.quality import (
-    DenseReference,
-    EvalInputError,
-    compare_models,
-    evaluate_dirs,
-    load_causal_lm,
-    pruned_copy,
-    reference_source,
-    split_windows,
-    token_windows,
-)
+from prunenet.evaluation.directories import evaluate_dirs, reference_source
+from prunenet.evaluation.reference import DenseReference, compare_models, pruned_copy
+from prunenet.evaluation.report import EvalInputError
+from prunenet.evaluation.windows import split_windows, token_windows
+from prunenet.source.loaders import load_causal_lm
 from prunenet.texts import SOURCE, reference_text, self_generated_text
 
 VOCAB = 512  # tests/tiny_models.py
@@ -211,7 +205,7 @@ def test_evaluate_dirs_on_self_generated_text(tiny_export):
 
 @pytest.fixture(scope="module")
 def smollm(default_model):
-    from prunenet.evaluation.quality import load_tokenizer
+    from prunenet.source.loaders import load_tokenizer
 
     return load_causal_lm(default_model), load_tokenizer(default_model)
 

@@ -118,7 +118,9 @@ def command(dirs: tuple[Path, ...], engines: tuple[str, ...], batch_sizes: tuple
     """
     setup_output(quiet, verbose, as_json)
     from prunenet.source.resolve import DEFAULT_MODEL, resolve_model
-    from serving.bench import BenchConfig, benchmark, markdown_table
+    from serving.bench.config import BenchConfig
+    from serving.bench.outputs import markdown_table
+    from serving.bench.run import benchmark
 
     dirs = tuple(resolve_model(None).path if str(d) == DEFAULT_MODEL else d for d in dirs)
 

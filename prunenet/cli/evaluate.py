@@ -13,7 +13,7 @@ BUILTIN_TEXTS = ("default", "full", "self")
 
 def _read_text(value: str) -> tuple[str | None, str, bool]:
     """``(text, name, self_generated)`` for a ``--text`` value: a file, or a built-in text name."""
-    from prunenet.evaluation.quality import EvalInputError
+    from prunenet.evaluation.report import EvalInputError
     from prunenet.texts import reference_text
 
     path = Path(value).expanduser()
@@ -44,16 +44,17 @@ def _read_text(value: str) -> tuple[str | None, str, bool]:
               help="Use at most this many tokens of the text.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=None,
               help="Tokens per evaluation window.  [default: 512, or the model's context if shorter]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Windows per forward pass (memory: about seq-len x vocab x 4 bytes each).")
+@click.option("--device", default="auto", show_default=True,
+              help="Where both models run, one decoder layer at a time: auto (CUDA when present), cpu, cuda[:N].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @verbosity_options
 @handle_errors
-def command(out: str, reference: str | None, text: str, max_tokens: int, seq_len: int | None, batch_size: int,
+def command(out: str, reference: str | None, text: str, max_tokens: int, seq_len: int | None, device: str,
             as_json: bool, quiet: bool, verbose: int) -> None:
     """Compare the pruned model in OUT with its dense source: perplexity, KL and top-1 agreement.
 
-    Both models score exactly the same tokens (fp32, on the CPU): perplexity of each, the mean
+    Both models score exactly the same tokens, streamed one decoder layer at a time (so a model that
+    does not fit in memory twice is still scored), in the dense checkpoint's dtype: perplexity of each, the mean
     per-token KL(dense || pruned) of their next-token distributions, and how often their most
     likely next tokens agree. OUT is a directory written by `prunenet export`.
 
@@ -66,10 +67,10 @@ def command(out: str, reference: str | None, text: str, max_tokens: int, seq_len
     setup_output(quiet, verbose, as_json)
     content, name, self_generated = _read_text(text)
 
-    from prunenet.evaluation.quality import evaluate_dirs
+    from prunenet.evaluation.directories import evaluate_dirs
 
     report = evaluate_dirs(out, reference, content, text_name=name, self_generated=self_generated,
-                           seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size)
+                           seq_len=seq_len, max_tokens=max_tokens, device=device)
     if as_json:
         emit_json(report.to_dict())
     elif not quiet:

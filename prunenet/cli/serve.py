@@ -1,7 +1,7 @@
 """The ``serve`` command: put an exported directory behind vLLM's OpenAI-compatible server.
 
 It checks the directory (one-line errors instead of a failure after a long vLLM start-up), sets
-the CPU-friendly defaults of :mod:`serving.vllm_server`, then replaces itself with vLLM's server
+the CPU-friendly defaults of :mod:`serving.vllm.runtime`, then replaces itself with vLLM's server
 (``exec``), so the PID a caller holds is the server's and signals reach vLLM directly.
 """
 
@@ -52,7 +52,9 @@ def command(out: Path, host: str, port: int, max_model_len: int | None, dtype: s
     with this package); uniform or padded exports are stock vLLM models. Runs in the foreground
     until Ctrl-C or SIGTERM. Extra vLLM options go after `--`.
     """
-    from serving.vllm_server import check_servable, ensure_port_free, serve_args, server_env
+    from serving.vllm.directory import check_servable
+    from serving.vllm.runtime import server_env
+    from serving.vllm.server import ensure_port_free, serve_args
 
     setup_output(quiet, verbose)
     check_servable(out)
@@ -70,4 +72,4 @@ def command(out: Path, host: str, port: int, max_model_len: int | None, dtype: s
                    "(add `-- --api-key KEY` to require a key)", err=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "serving.vllm_server", *args], env)
+    os.execve(sys.executable, [sys.executable, "-m", "serving.vllm", *args], env)

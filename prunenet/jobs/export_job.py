@@ -34,7 +34,10 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     from exporters import EXPORTERS, ExportConfig
     from exporters.model_card import load_hint, write_model_card
     from exporters.staging import check_output_dir, staged_output
-    from prunenet.planning.planner import make_plan, resolve_device
+    from prunenet.device import resolve_device
+    from prunenet.phases import PhaseLog
+    from prunenet.planning.planner import make_plan
+    from prunenet.planning.selftext_cache import SELF_TEXT_FILE, save_self_text, self_text_key
     from prunenet.planning.stats import parameter_stats
     from prunenet.policy.network import POLICY_FILE, save_policy
     from prunenet.source.resolve import resolve_model
@@ -42,16 +45,25 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     source = resolve_model(req.model)
     check_output_dir(req.out, force=req.force, source=source.path)  # fail before any training
     device = resolve_device(cfg.device)
-    result = _saved_plan(req.plan, source.path) if req.plan else make_plan(source.path, cfg, source_name=source.name)
+    phases = PhaseLog()
+    result = (_saved_plan(req.plan, source.path) if req.plan
+              else make_plan(source.path, cfg, source_name=source.name, phases=phases))
     plan = result.plan
     stats = parameter_stats(source.path, plan)
     warnings: list[str] = []
     with staged_output(req.out, force=req.force, source=source.path) as stage:
         export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=device.type)
-        report = EXPORTERS[req.target](source.path, plan, stage, export_cfg)
+        with phases.phase("write", device):
+            report = EXPORTERS[req.target](source.path, plan, stage, export_cfg)
         if result.policy is not None and cfg.policy is None:
             save_policy(result.policy, stage / POLICY_FILE, result.policy_metadata)
-        quality = _quality(stage, source.path) if req.evaluate and req.target != "onnx" else None
+            if result.self_text is not None:
+                key = self_text_key(plan.source_fingerprint, plan.seed, int(plan.extra.get("self_data_tokens", 0)))
+                save_self_text(stage / SELF_TEXT_FILE, result.self_text, key)
+        quality = None
+        if req.evaluate and req.target != "onnx":
+            with phases.phase("eval", device):
+                quality = _quality(stage, source.path, str(device))
         if req.target == "vllm":
             report["vllm"] = _check_vllm(stage, warnings)
         hint = load_hint(req.target, str(report.get("architecture", "")), req.out)
@@ -61,6 +73,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         "ratio": plan.ratio, "achieved_ratio": plan.removed_fraction, "allocation": plan.allocation,
         "widths": plan.widths, "stats": stats, "export": report, "quality": quality, "warnings": warnings,
         "policy_fingerprint": plan.policy_fingerprint, "source_fingerprint": plan.source_fingerprint,
+        "phases": phases.to_list(),
     }
 
 
@@ -76,15 +89,16 @@ def _saved_plan(path: Path, source: Path):
     return PlanResult(plan)
 
 
-def _quality(out: Path, source: Path) -> dict[str, Any]:
-    from prunenet.evaluation.quality import evaluate_dirs
+def _quality(out: Path, source: Path, device: str) -> dict[str, Any]:
+    from prunenet.evaluation.directories import evaluate_dirs
 
-    return evaluate_dirs(out, source).to_dict()
+    return evaluate_dirs(out, source, device=device).to_dict()
 
 
 def _check_vllm(out: Path, warnings: list[str]) -> str | None:
     """The architecture vLLM resolves; vLLM missing is a warning, a directory it cannot serve an error."""
-    from serving.vllm_check import VllmUnavailable, check_vllm_resolves
+    from serving.vllm.check import check_vllm_resolves
+    from serving.vllm.errors import VllmUnavailable
 
     try:
         return check_vllm_resolves(out)

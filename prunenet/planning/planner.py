@@ -26,6 +26,7 @@ from prunenet.planning.allocation import input_layer_prior, sensitivity_widths, 
 from prunenet.planning.config import PruneConfig
 from prunenet.planning.methods import METHODS, Method
 from prunenet.planning.plan import LayerPlan, PruningPlan
+from prunenet.planning.selftext_cache import SELF_TEXT_FILE, load_self_text, self_text_key
 from prunenet.planning.summaries import LayerSummary, needs_activations, summarize_layer
 from prunenet.policy.features import FEATURES
 from prunenet.policy.network import PolicyNetwork, load_policy, policy_fingerprint
@@ -77,6 +78,11 @@ def make_plan(source: Path, cfg: PruneConfig, source_name: str | None = None, *,
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     uses_text = bool(cfg.self_data) and needs_activations(method, cfg.allocation)
+    if uses_text and self_text is None and cfg.policy is not None:
+        key = self_text_key(common["source_fingerprint"], cfg.seed, cfg.self_data)
+        self_text = load_self_text(Path(cfg.policy).with_name(SELF_TEXT_FILE), key)
+        if self_text is not None:
+            log.info("reusing the self-text saved beside %s", cfg.policy)
     if uses_text and self_text is None:
         with phases.phase("self-text", device):
             self_text = _self_text(str(source), cfg.self_data, cfg.seed, str(device), compute_dtype(ckpt, device))
