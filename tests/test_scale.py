@@ -1,0 +1,245 @@
+"""The scale benchmark's checkpoint builder and report, the GPU check script's plan, and a 7B-shape smoke test.
+
+The smoke test prunes a 2-layer LLaMA-2-7B-shaped checkpoint (1.3 GB bf16) end to end; the 8/16/32-layer
+runs of ``examples/scale_benchmark.py run`` are benchmarks, not tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("scale_benchmark", ROOT / "examples" / "scale_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scale_benchmark"] = module  # dataclasses look the module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+sb = _load_benchmark()
+
+
+def _tensor_shapes(ckpt: Path) -> dict[str, tuple[list[int], str]]:
+    """name -> (shape, safetensors dtype) over every shard, read from the headers only."""
+    from safetensors import safe_open
+
+    out = {}
+    for shard in sorted(ckpt.glob("*.safetensors")):
+        if shard.name.startswith("prunenet-"):
+            continue  # the policy file beside an export
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                sl = f.get_slice(name)
+                out[name] = (list(sl.get_shape()), sl.get_dtype())
+    return out
+
+
+def _check_checkpoint(ckpt: Path, shape: sb.Shape, layers: int) -> None:
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    wmap = index["weight_map"]
+    shards = set(wmap.values())
+    assert len(shards) == layers + 1 and all((ckpt / s).is_file() for s in shards)
+    layer_shards = [{s for n, s in wmap.items() if n.startswith(f"model.layers.{i}.")} for i in range(layers)]
+    assert all(len(s) == 1 for s in layer_shards), "each decoder layer lives in exactly one shard"
+    assert len(set().union(*layer_shards)) == layers, "one shard per layer"
+    outer = {wmap[n] for n in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")}
+    assert len(outer) == 1 and not outer & set().union(*layer_shards)
+
+    tensors = _tensor_shapes(ckpt)
+    assert set(tensors) == set(wmap)
+    assert {dt for _, dt in tensors.values()} == {"BF16"}
+    h, f, kv = shape.hidden, shape.ffn, shape.kv_heads * shape.head_dim
+    assert tensors["model.embed_tokens.weight"][0] == tensors["lm_head.weight"][0] == [shape.vocab, h]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        assert tensors[p + "mlp.gate_proj.weight"][0] == tensors[p + "mlp.up_proj.weight"][0] == [f, h]
+        assert tensors[p + "mlp.down_proj.weight"][0] == [h, f]
+        assert tensors[p + "self_attn.k_proj.weight"][0] == [kv, h]
+        assert tensors[p + "self_attn.q_proj.weight"][0] == [h, h]
+    nbytes = sum(s.stat().st_size for s in (ckpt / n for n in shards))
+    assert index["metadata"]["total_size"] <= nbytes
+
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]
+    assert (cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"]) == (layers, f, shape.vocab)
+    assert cfg["torch_dtype"] == cfg["dtype"] == "bfloat16" and cfg["tie_word_embeddings"] is False
+
+
+def _check_tokenizer(ckpt: Path, vocab: int) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    assert len(tok) == vocab and (tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (1, 2, 0)
+    ids = random.Random(0).sample(range(3, vocab), 50)
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert tok(text, add_special_tokens=False)["input_ids"] == ids
+    assert tok("t5 t7")["input_ids"] == [1, 5, 7]  # BOS first, as LLaMA's tokenizer does
+
+
+# ------------------------------------------------------------------------------------------- fast tests
+
+
+def test_build_tiny_shape_loads_and_is_reproducible(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    shape = sb.SHAPES["tiny"]
+    a = sb.build_checkpoint("tiny", 2, tmp_path / "a")
+    _check_checkpoint(a, shape, 2)
+    _check_tokenizer(a, shape.vocab)
+    assert sb.checkpoint_ok(a, "tiny", 2, "bfloat16") and not sb.checkpoint_ok(a, "tiny", 3, "bfloat16")
+
+    model = AutoModelForCausalLM.from_pretrained(a)
+    assert model.dtype == torch.bfloat16 and model.config.num_hidden_layers == 2
+    w = model.model.layers[1].mlp.gate_proj.weight.detach().float()
+    assert abs(float(w.std()) - sb.INIT_STD) < 1e-3 and abs(float(w.mean())) < 1e-3
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 5, 9, 400]])).logits.float()
+    assert torch.isfinite(logits).all() and 0.05 < float(logits.std()) < 10  # numerically sane
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    b = sb.build_checkpoint("tiny", 1, tmp_path / "b")  # same seed: layer 0 and the outer shard are identical
+    assert digest(a / "model-00002-of-00003.safetensors") == digest(b / "model-00002-of-00002.safetensors")
+    c = sb.build_checkpoint("tiny", 1, tmp_path / "c", seed=1)
+    assert digest(b / "model-00002-of-00002.safetensors") != digest(c / "model-00002-of-00002.safetensors")
+
+
+def test_cli_build_help_and_errors(tmp_path):
+    script = str(ROOT / "examples" / "scale_benchmark.py")
+    proc = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Example:" in proc.stdout and "llama2-7b" in proc.stdout
+    proc = subprocess.run([sys.executable, script, "run", "--shape", "tiny", "--layers-list", "1",
+                           "--cache", str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--build" in proc.stderr
+
+
+def _result(layers: int, wall: float, rss: float, phases=None, mode="weights-only", rc=0):
+    return sb.RunResult("m", layers, mode, "hf", wall, rss, rc, phases)
+
+
+def test_table_growth_and_missing_phases():
+    ph = {8: {"read": {"seconds": 2.0, "peak_rss_mb": 1024.0}, "write": {"seconds": 4.0, "peak_rss_mb": 2048.0}},
+          32: {"read": {"seconds": 8.0, "peak_rss_mb": 1536.0}, "write": {"seconds": 16.0, "peak_rss_mb": 2048.0}}}
+    results = [_result(8, 10.0, 2.0, ph[8]), _result(16, 20.0, 2.2), _result(32, 40.0, 2.4, ph[32]),
+               _result(8, 100.0, 5.0, mode="defaults", phases=None)]
+    table = sb.results_table(results)
+    lines = table.splitlines()
+    assert lines[0].split("|")[1:6] == [" shape ", " layers ", " mode ", " wall s ", " peak RSS GB "]
+    assert all(p in lines[0] for p in sb.PHASES)
+    assert "2.0 s / 1.00 GB" in lines[2] and lines[3].count("| - ") == len(sb.PHASES)  # no phases: "-"
+
+    rows = {(r["mode"], r["quantity"]): r for r in sb.growth(results, 80)}
+    assert not any(m == "defaults" for m, _ in rows)  # one depth only: no growth
+    wall = rows[("weights-only", "wall s")]
+    assert wall["per_layer"] == pytest.approx(30.0 / 24) and wall["at_80"] == pytest.approx(10 + 30.0 / 24 * 72)
+    assert rows[("weights-only", "peak RSS GB")]["ratio_max_min"] == pytest.approx(1.2)
+    assert rows[("weights-only", "read GB")]["per_layer"] == pytest.approx(0.5 / 24)
+    assert "at 80 layers" in sb.growth_table(list(rows.values()), 80)
+
+    report = {"phases": [{"name": "read", "seconds": 1.5, "peak_rss_mb": 300}, {"name": "new-phase", "seconds": 1}]}
+    phases = sb.phases_of(report)
+    assert phases["read"] == {"seconds": 1.5, "peak_rss_mb": 300.0}
+    assert "new-phase" in sb.results_table([_result(2, 1.0, 0.1, phases)])  # unknown names get a column
+    assert sb.phases_of({"widths": [1]}) is None and sb.phases_of(None) is None
+    assert sb.parse_report('log line\n{"a": 1}\n') == {"a": 1} and sb.parse_report("no json") is None
+
+
+def test_timed_run_measures_and_reports_failure(tmp_path):
+    rc, wall, rss_kb, out, _ = sb.timed_run([sys.executable, "-c", "b = bytearray(200 << 20); print('{\"x\": 2}')"],
+                                            tmp_path / "ok", timeout=60)
+    assert rc == 0 and sb.parse_report(out) == {"x": 2} and wall >= 0 and rss_kb > 200 * 1024
+    rc, _, _, _, err = sb.timed_run([sys.executable, "-c", "import sys; sys.exit('boom')"], tmp_path / "bad", 60)
+    assert rc == 1 and "boom" in err
+    rc, wall, _, _, _ = sb.timed_run([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "slow", 1)
+    assert rc != 0 and wall < 30
+
+
+def _gpu_check_dry_run(tmp_path, **env) -> list[str]:
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DRY_RUN": "1",
+                "OUT": str(tmp_path / "gc"), **env}
+    proc = subprocess.run(["bash", str(ROOT / "examples" / "gpu_check.sh")], capture_output=True, text=True,
+                          env=full_env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "| step | wall s | peak RSS GB |" in proc.stdout
+    return [line[2:] for line in proc.stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_gpu_check_dry_run_command_list(tmp_path):
+    cmds = _gpu_check_dry_run(tmp_path, EVAL_HAS_DEVICE="1", MODEL="/models/m")
+    out = tmp_path / "gc"
+    assert len(cmds) == 6, cmds
+    build, dhf, donnx, deval, bhf, beval = cmds
+    assert "scale_benchmark.py build --shape llama2-7b --layers 32" in build and "--device cuda" in build
+    assert f"--out {out}/llama2-7b-32" in build and "--dtype bfloat16" in build
+    for cmd, target in ((dhf, "hf"), (donnx, "onnx"), (bhf, "hf")):
+        assert cmd.startswith("prunenet-export ") and "--ratio 0.3" in cmd and "--device cuda" in cmd
+        assert f"--target {target}" in cmd and "--json" in cmd and "--no-eval" not in cmd
+    assert "--model /models/m" in dhf and "--model /models/m" in donnx
+    assert f"--model {out}/llama2-7b-32" in bhf
+    assert deval == f"prunenet eval {out}/default-hf --device cuda --json"
+    assert beval == f"prunenet eval {out}/llama2-7b-hf --device cuda --json"
+
+
+def test_gpu_check_dry_run_skips_eval_without_device_option(tmp_path):
+    cmds = _gpu_check_dry_run(tmp_path, EVAL_HAS_DEVICE="0", LAYERS="4")
+    assert len(cmds) == 4 and not any(" eval " in c for c in cmds)
+    assert "--layers 4" in cmds[0] and "--model SmolLM2-135M-Instruct" in cmds[1]
+
+
+def test_gpu_check_script_syntax():
+    assert subprocess.run(["bash", "-n", str(ROOT / "examples" / "gpu_check.sh")]).returncode == 0
+
+
+# ------------------------------------------------------------------------------------------- smoke test
+
+
+@pytest.mark.slow
+def test_smoke_2_layer_7b_shape(tmp_path):
+    """Build a 2-layer LLaMA-2-7B shape, then prune it weights-only through the benchmark's run path."""
+    shape = sb.SHAPES["llama2-7b"]
+    ckpt = sb.build_checkpoint("llama2-7b", 2, tmp_path / "ckpt")
+    _check_checkpoint(ckpt, shape, 2)
+    _check_tokenizer(ckpt, shape.vocab)
+
+    out = tmp_path / "out"
+    cmd = sb.export_command(ckpt, out, "weights-only", "hf", "auto", 0.3)  # what `run --mode weights-only` runs
+    assert cmd[0] == str(BIN / "prunenet-export") and {"--self-data", "--no-eval", "--json"} <= set(cmd)
+    rc, wall, rss_kb, stdout, stderr = sb.timed_run(cmd, tmp_path / "log", timeout=600)
+    print(f"2-layer llama2-7b weights-only export: {wall:.1f} s, peak RSS {rss_kb / 1024**2:.2f} GB")
+    assert rc == 0, stderr[-3000:]
+    report = sb.parse_report(stdout)
+    assert report is not None, stdout[-2000:]
+
+    cfg = json.loads((out / "config.json").read_text())
+    widths = cfg.get("intermediate_sizes") or [cfg["intermediate_size"]] * 2
+    assert len(widths) == 2 and all(w % 64 == 0 and 0 < w <= shape.ffn for w in widths)
+    assert min(widths) < shape.ffn
+    assert abs(sum(widths) - 0.7 * 2 * shape.ffn) <= 64 * 2  # within one 64-step per layer
+    if "widths" in report:
+        assert report["widths"] == widths
+
+    tensors = _tensor_shapes(out)
+    h = shape.hidden
+    for i, w in enumerate(widths):
+        p = f"model.layers.{i}.mlp."
+        assert tensors[p + "gate_proj.weight"][0] == tensors[p + "up_proj.weight"][0] == [w, h]
+        assert tensors[p + "down_proj.weight"][0] == [h, w]
+    assert tensors["lm_head.weight"][0] == [shape.vocab, h]
+    row = sb.RunResult(str(ckpt), 2, "weights-only", "hf", wall, rss_kb / 1024**2, rc, sb.phases_of(report),
+                       shape=sb.checkpoint_shape(ckpt))
+    print(sb.results_table([row]))  # "-" per phase on builds without report["phases"]
