@@ -23,7 +23,8 @@ def _run(args: list[str]):
 
 def _assert_clean_failure(result, out: Path, expect: str) -> None:
     assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert expect.lower() in result.output.lower(), result.output
     assert not out.exists()
 

@@ -40,11 +40,15 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     from prunenet.planning.selftext_cache import SELF_TEXT_FILE, save_self_text, self_text_key
     from prunenet.planning.stats import parameter_stats
     from prunenet.policy.network import POLICY_FILE, save_policy
+    from prunenet.preflight import check_memory
+    from prunenet.source.checkpoint import Checkpoint
     from prunenet.source.resolve import resolve_model
 
     source = resolve_model(req.model)
     check_output_dir(req.out, force=req.force, source=source.path)  # fail before any training
     device = resolve_device(cfg.device)
+    check_memory(Checkpoint(source.path), cfg, evaluate=req.evaluate and req.target != "onnx", device=device,
+                 planning=req.plan is None)  # before any long step: refuse what cannot fit, write nothing
     phases = PhaseLog()
     result = (_saved_plan(req.plan, source.path) if req.plan
               else make_plan(source.path, cfg, source_name=source.name, phases=phases))

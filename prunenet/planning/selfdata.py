@@ -41,9 +41,16 @@ def generate_self_text(model, tokenizer, tokens: int, seed: int = 0, sample_len:
 
 def self_text_ids(source: Path, tokens: int, seed: int, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
     """Load the dense model on ``device`` in ``dtype``, sample the self-text, free the model."""
+    from prunenet.source.checkpoint import Checkpoint
     from prunenet.source.loaders import load_causal_lm, load_tokenizer
 
-    model = load_causal_lm(source, dtype=dtype, device=device, check=False)
+    kwargs: dict = {}
+    if device.type == "cuda":
+        need = Checkpoint(source).num_parameters() * torch.finfo(dtype).bits // 8
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > 0.85 * free:  # does not fit the GPU: accelerate places what fits there, the rest on the host
+            kwargs = {"device_map": "auto", "max_memory": {device.index or 0: int(0.85 * free), "cpu": "1000GiB"}}
+    model = load_causal_lm(source, dtype=dtype, device=None if kwargs else device, check=False, **kwargs)
     try:
         return generate_self_text(model, load_tokenizer(source), tokens, seed=seed)
     finally:

@@ -42,6 +42,7 @@ def has_tokenizer(model_dir: Path | str) -> bool:
 def load_causal_lm(path: Path | str, *, dtype: Any = None, device: Any = "cpu", check: bool = True, **kwargs):
     """Load a causal LM for inference (fp32 unless ``dtype``), eval mode, on ``device``.
 
+    ``device=None`` leaves placement to ``kwargs`` (an accelerate ``device_map`` with offload).
     ``check`` turns transformers' many exception types for a malformed checkpoint into one line.
     """
     import torch
@@ -64,7 +65,7 @@ def load_causal_lm(path: Path | str, *, dtype: Any = None, device: Any = "cpu", 
             raise
         msg = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
         raise ModelSourceError(f"{path}: cannot load as a causal LM ({msg})") from None
-    return model.to(device).eval()
+    return (model if device is None else model.to(device)).eval()
 
 
 def load_tokenizer(*dirs: Path | str):

@@ -1,0 +1,147 @@
+"""Pre-flight memory check: estimate each phase's peak before any long step, refuse what cannot fit.
+
+The estimate reads only ``config.json`` and the tensor headers (shapes, dtypes), and follows the
+memory model of the pipeline: the planner holds one decoder layer plus compact per-layer summaries;
+self-text generation holds the whole model in its dtype (it is autoregressive); the writer holds
+one output shard; the quality report two decoder layers plus hidden states and one window's logits.
+A phase that needs more than the device offers is a one-line error that says what to change, so
+nothing is ever killed by the kernel halfway through a run, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from prunenet.arch import ArchSpec, get_arch_spec
+from prunenet.device import MEMORY_BUDGET_ENV, available_bytes
+from prunenet.errors import PruneNetError
+from prunenet.planning.config import PruneConfig
+from prunenet.planning.methods import METHODS
+from prunenet.planning.summaries import needs_activations
+from prunenet.policy.rewards import OutputReward
+from prunenet.source.checkpoint import Checkpoint
+
+__all__ = ["MemoryError_", "PhaseEstimate", "estimate_phases", "check_memory", "RUNTIME_BYTES"]
+
+RUNTIME_BYTES = int(1.2e9)
+"""Python, torch and transformers themselves (measured ~0.9-1.1 GB RSS after imports on this project)."""
+SHARD_BYTES = 2 << 30
+"""The writer's output shard size (exporters write 2 GiB shards)."""
+EVAL_TOKENS = 1536
+"""Tokens of the default quality-report text (the bundled text's default slice is ~1.45k)."""
+SELF_TEXT_SAMPLE = 128
+CAPTURE_ROWS = 4096
+
+
+class MemoryError_(PruneNetError):  # noqa: N801 - not the builtin MemoryError, which means "already failed"
+    """A phase would need more memory than the device offers."""
+
+
+@dataclass(frozen=True)
+class PhaseEstimate:
+    name: str
+    need: int
+    """Estimated peak bytes on the device."""
+    hint: str
+    """What to change when it does not fit."""
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def _sizes(ckpt: Checkpoint, spec: ArchSpec, compute_bytes: int) -> tuple[int, int, int]:
+    """(bytes of one decoder layer, of everything else, largest single tensor) in the compute dtype."""
+    shapes = ckpt.shapes()
+    layer0 = spec.layers_prefix + ".0."
+    layer_prefix = spec.layers_prefix + "."
+    per_layer = sum(math.prod(s) for n, s in shapes.items() if n.startswith(layer0)) * compute_bytes
+    rest = sum(math.prod(s) for n, s in shapes.items() if not n.startswith(layer_prefix)) * compute_bytes
+    largest = max((math.prod(s) for s in shapes.values()), default=0) * compute_bytes
+    return per_layer, rest, largest
+
+
+def _summary_bytes(cfg: PruneConfig, m: int, d: int, self_text: bool) -> int:
+    """Bytes kept per layer across the stream (fp32), following :mod:`prunenet.planning.summaries`."""
+    method = METHODS[cfg.method]
+    total = 0
+    if needs_activations(method, cfg.allocation):
+        if self_text:
+            total += m * m * 4 if m <= OutputReward.gram_limit else 2 * OutputReward.sketch * m * 4
+        else:
+            total += m * 4
+    if method.state == "features":
+        total += m * 8 * 4
+    if method.reward == "spectral" or method.state == "weights":
+        total += m * d * 4 + d * d * 4
+    return total
+
+
+def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, device: torch.device,
+                    planning: bool = True) -> list[PhaseEstimate]:
+    """Peak bytes per phase; ``planning=False`` for a saved ``--plan`` (no self-text, no capture)."""
+    spec = get_arch_spec(ckpt.config.get("model_type"))
+    c = ckpt.config
+    n_layers, m = spec.num_layers(c), spec.width(c)
+    d = int(c.get("hidden_size") or 0)
+    vocab = int(c.get("vocab_size") or 0)
+    dtype = ckpt.dtype
+    compute = 4 if (dtype == torch.float16 and device.type == "cpu") else torch.finfo(dtype).bits // 8
+    per_layer, rest, largest = _sizes(ckpt, spec, compute)
+    model = rest + n_layers * per_layer
+    method = METHODS[cfg.method]
+    self_text = planning and bool(cfg.self_data) and needs_activations(method, cfg.allocation) and cfg.ratio > 0
+    tokens = max(cfg.self_data, 1)
+    summaries = n_layers * _summary_bytes(cfg, m, d, self_text)
+    ffn_fp32 = 3 * m * d * 4
+    rows = min(CAPTURE_ROWS, tokens) if self_text else d
+    streamed = rest + 2 * per_layer + ffn_fp32 + 3 * rows * max(m, d) * 4
+    phases = []
+    if self_text:
+        samples = -(-tokens // SELF_TEXT_SAMPLE)
+        heads = int(c.get("num_attention_heads") or 1)
+        kv = int(c.get("num_key_value_heads") or heads)
+        head_dim = int(c.get("head_dim") or (d // heads if heads else 0))
+        cache = samples * (SELF_TEXT_SAMPLE + 16) * n_layers * 2 * kv * head_dim * compute
+        logits = samples * vocab * 4 * 3
+        phases.append(PhaseEstimate("self-text", int(model * 1.05) + cache + logits,
+                                    "use --self-data 0 (weights only), or a --device with more memory"))
+    if planning:
+        phases.append(PhaseEstimate("capture" if self_text else "read", streamed + summaries,
+                                    "use --self-data 0 or --method prunenet (compact summaries), or another --device"))
+    phases.append(PhaseEstimate("write", SHARD_BYTES + 2 * largest, "free memory (the writer holds one 2 GiB shard)"))
+    if evaluate:
+        hidden = 2 * EVAL_TOKENS * d * compute * 3
+        logits = 512 * vocab * 4 * 4
+        phases.append(PhaseEstimate("eval", 2 * (rest + per_layer) + hidden + logits, "use --no-eval"))
+    return phases
+
+
+def check_memory(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, device: torch.device,
+                 planning: bool = True) -> list[PhaseEstimate]:
+    """Raise :class:`MemoryError_` (one line: need, available, what to change) when a phase cannot fit.
+
+    On CUDA, self-text generation may offload layers to host memory (accelerate), so it is checked
+    against the GPU and the host together."""
+    device_free = available_bytes(device)
+    host_free = available_bytes(torch.device("cpu")) if device.type == "cuda" else 0
+    phases = estimate_phases(ckpt, cfg, evaluate=evaluate, device=device, planning=planning)
+    for phase in phases:
+        available = device_free + (host_free if phase.name == "self-text" else 0)
+        need = phase.need + (RUNTIME_BYTES if device.type == "cpu" else 0)
+        if need > available:
+            capped = " (capped by " + MEMORY_BUDGET_ENV + ")" if _capped() else ""
+            raise MemoryError_(
+                f"not enough memory for the {phase.name} phase on {device.type}: needs about {_gb(need)}, "
+                f"{_gb(available)} available{capped}; {phase.hint}"
+            )
+    return phases
+
+
+def _capped() -> bool:
+    import os
+
+    return bool(os.environ.get(MEMORY_BUDGET_ENV))
