@@ -28,10 +28,6 @@ def set_enabled(enabled: bool) -> None:
     _state["enabled"] = enabled
 
 
-def enabled() -> bool:
-    return _state["enabled"]
-
-
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """Iterate ``items`` with a progress bar when progress is enabled."""
     if not _state["enabled"]:

@@ -14,16 +14,7 @@ from prunenet.errors import PruneNetError
 from prunenet.interrupts import Terminated, catching_signals
 from prunenet.progress import set_enabled
 
-__all__ = ["verbosity_options", "setup_output", "run_cli", "OneLineErrorsGroup", "handle_errors", "emit_json", "EXIT_CODES"]
-
-EXIT_CODES = {
-    0: "success",
-    1: "bad input or a failed check (one-line error on stderr)",
-    2: "bad command-line usage (click)",
-    130: "interrupted (SIGINT); nothing was written",
-    143: "terminated (SIGTERM); nothing was written",
-}
-
+__all__ = ["verbosity_options", "setup_output", "run_cli", "OneLineErrorsGroup", "handle_errors", "emit_json"]
 
 def verbosity_options(fn):
     fn = click.option("-q", "--quiet", is_flag=True, help="Only errors (no progress, no report).")(fn)
