@@ -39,6 +39,9 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
               help="Rebuild from a saved prunenet-plan.json (no training); it must belong to --model.")
 @click.option("--self-data", type=click.IntRange(min=0), default=2048, show_default=True,
               help="Tokens of text the model generates itself, for activation statistics (0 = weights only).")
+@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto",
+              show_default=True,
+              help="dtype of the written weights (auto: the source's; bfloat16 for a source dequantized from GGUF).")
 @click.option("--compat", type=click.Choice(["native", "padded"]), default="native", show_default=True,
               help="padded: zero-pad every layer to the widest (stock architecture).")
 @click.option("--no-eval", is_flag=True, help="Skip the quality report.")
@@ -47,7 +50,7 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
 @verbosity_options
 @handle_errors
 def command(model, ratio, target, out, method, allocation, align, tp, episodes, lr, seed, device, policy,
-            plan_file, self_data, compat, no_eval, force, as_json, quiet, verbose) -> None:
+            plan_file, self_data, dtype, compat, no_eval, force, as_json, quiet, verbose) -> None:
     """Prune FFN neurons with PruneNet (no calibration data) and export the model.
 
     \b
@@ -62,7 +65,7 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
     cfg = PruneConfig(ratio=ratio, method=method, allocation=allocation, align=align, tp=tuple(tp),
                       episodes=episodes, lr=lr, seed=seed, device=device, policy=policy, self_data=self_data)
     request = ExportRequest(model=model, out=out, target=target, compat=compat, evaluate=not no_eval, force=force,
-                            plan=plan_file)
+                            plan=plan_file, dtype=dtype)
     result = run_export(request, cfg)
     if as_json:
         emit_json(result)
@@ -95,6 +98,9 @@ def _report(result: dict) -> None:
                       f"(x{q['ppl_ratio']:.2f}), KL {q['kl']:.4f}, top-1 agreement {q['top1_agreement']:.3f}")
     if result["export"].get("vllm"):
         console.print(f"vLLM resolves the directory to {result['export']['vllm']} (serve: prunenet serve {result['out']})")
+    if result.get("phases"):
+        console.print("phases: " + ", ".join(f"{p['name']} {p['seconds']:.1f} s / {p['peak_rss_mb'] / 1024:.1f} GB"
+                                             for p in result["phases"]), style="dim")
     for warning in result.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
 

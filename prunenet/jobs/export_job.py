@@ -27,6 +27,8 @@ class ExportRequest:
     validate: bool = True
     plan: Path | None = None
     """A saved plan to rebuild instead of making one."""
+    dtype: str = "auto"
+    """dtype of the written weights: auto (the source's; bfloat16 for a GGUF-dequantized source) or a name."""
 
 
 def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
@@ -56,7 +58,8 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     stats = parameter_stats(source.path, plan)
     warnings: list[str] = []
     with staged_output(req.out, force=req.force, source=source.path) as stage:
-        export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=device.type)
+        export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=str(device),
+                                  dtype=_output_dtype(req.dtype, source))
         with phases.phase("write", device):
             report = EXPORTERS[req.target](source.path, plan, stage, export_cfg)
         if result.policy is not None and cfg.policy is None:
@@ -79,6 +82,16 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         "policy_fingerprint": plan.policy_fingerprint, "source_fingerprint": plan.source_fingerprint,
         "phases": phases.to_list(),
     }
+
+
+def _output_dtype(requested: str, source) -> str:
+    """``--dtype auto``: keep the source's dtype, except that a GGUF-dequantized fp32 source is written in
+    bfloat16 (its fp32 weights carry no more information than the quantized file; half the bytes)."""
+    if requested != "auto":
+        return requested
+    from prunenet.source.checkpoint import Checkpoint
+
+    return "bfloat16" if source.dequantized else str(Checkpoint(source.path).dtype).removeprefix("torch.")
 
 
 def _saved_plan(path: Path, source: Path):

@@ -15,7 +15,7 @@ import torch
 
 from prunenet.planning.methods import Method
 from prunenet.policy.features import neuron_features
-from prunenet.policy.rewards import OutputReward, PeakReward, SpectralReward, spike_inputs
+from prunenet.policy.rewards import OutputReward, PeakReward, SpectralReward, spike_hidden
 from prunenet.source.ffn import LayerFFN
 
 __all__ = ["LayerSummary", "summarize_layer", "needs_activations", "INPUT_REWARDS", "STATES", "UNTRAINED_SCORES"]
@@ -79,7 +79,7 @@ def summarize_layer(ffn: LayerFFN, method: Method, *, X: torch.Tensor | None, re
     H = None
     if needs_activations(method, allocation):
         kind = "self-text" if X is not None else "spikes"
-        H = ffn.hidden(X if X is not None else spike_inputs(ffn))
+        H = ffn.hidden(X) if X is not None else spike_hidden(ffn)
         summary.output = INPUT_REWARDS[kind](ffn, H)
     if method.scorer in UNTRAINED_SCORES:
         summary.score = UNTRAINED_SCORES[method.scorer](ffn, generator)

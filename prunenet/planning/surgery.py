@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prunenet.arch import ArchSpec, get_arch_spec
-from prunenet.planning.plan import PruningPlan
+from prunenet.planning.plan import LayerPlan, PruningPlan
 
 __all__ = ["neuron_axis", "slice_tensor", "pad_tensor", "apply_plan_", "layer_tensor_roles"]
 
@@ -78,22 +78,29 @@ def _set_linear_(module: nn.Module, param: str, value: torch.Tensor) -> None:
         module.out_features, module.in_features = value.shape
 
 
+def apply_layer_plan_(layer: nn.Module, spec: ArchSpec, lp: LayerPlan) -> nn.Module:
+    """Slice one decoder layer's FFN in place to the kept neurons of ``lp``."""
+    if lp.width == lp.original_width:
+        return layer
+    for suffix in spec.row_sliced + spec.col_sliced:
+        module_path, _, param = suffix.rpartition(".")
+        try:
+            module = layer.get_submodule(module_path)
+        except AttributeError:
+            continue
+        current = getattr(module, param, None)
+        if current is None:
+            continue
+        _set_linear_(module, param, slice_tensor(spec, suffix, current.data, lp.kept))
+    return layer
+
+
 def apply_plan_(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Slice ``model`` in place to the plan's widths and record them on its config."""
     spec = get_arch_spec(model.config.model_type)
+    layers = model.get_submodule(spec.layers_prefix)
     for i, lp in enumerate(plan.layers):
-        if lp.width == lp.original_width:
-            continue
-        for suffix in spec.row_sliced + spec.col_sliced:
-            module_path, _, param = spec.layer_name(i, suffix).rpartition(".")
-            try:
-                module = model.get_submodule(module_path)
-            except AttributeError:
-                continue
-            current = getattr(module, param, None)
-            if current is None:
-                continue
-            _set_linear_(module, param, slice_tensor(spec, suffix, current.data, lp.kept))
+        apply_layer_plan_(layers[i], spec, lp)
     record_widths_(model.config, spec, plan.widths)
     return model
 

@@ -35,14 +35,17 @@ class _Caught(Exception):
 class LayerwiseModel:
     """A causal LM whose decoder layers stay on disk until :meth:`onload` brings one in."""
 
-    def __init__(self, path: Path | str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, path: Path | str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 round_to: torch.dtype | None = None):
+        """``round_to``: round every weight to this dtype before computing in ``dtype`` (to reproduce an
+        export written in a narrower dtype from its source)."""
         from accelerate import init_empty_weights
         from transformers import AutoConfig, AutoModelForCausalLM
 
         from prunenet.source.loaders import needs_remote_code
 
         self.path = Path(path)
-        self.device, self.dtype = torch.device(device), dtype
+        self.device, self.dtype, self.round_to = torch.device(device), dtype, round_to
         self.ckpt = Checkpoint(self.path)
         self.spec: ArchSpec = get_arch_spec(self.ckpt.config.get("model_type"))
         trust = needs_remote_code(self.path)
@@ -61,12 +64,13 @@ class LayerwiseModel:
                 self._set(name, self.ckpt.get(name))
         if getattr(config, "tie_word_embeddings", False):
             self.model.tie_weights()
+        self._check_complete(self.model, skip=self.layers)
 
     def _set(self, name: str, value: torch.Tensor, cast: bool = True) -> None:
         from accelerate.utils import set_module_tensor_to_device
 
         if cast and value.is_floating_point():
-            value = value.to(self.dtype)
+            value = value.to(self.round_to).to(self.dtype) if self.round_to is not None else value.to(self.dtype)
         set_module_tensor_to_device(self.model, name, self.device, value=value)
 
     # ------------------------------------------------------------------ layers
@@ -79,7 +83,18 @@ class LayerwiseModel:
         """Materialise decoder layer ``layer`` from the checkpoint on the compute device."""
         for name in self.layer_tensor_names(layer):
             self._set(name, self.ckpt.get(name))
+        self._check_complete(self.layers[layer])
         return self.layers[layer]
+
+    def _check_complete(self, module: torch.nn.Module, skip: torch.nn.Module | None = None) -> None:
+        """Every parameter came from the checkpoint (set_module_tensor_to_device rejects unknown names)."""
+        skipped = {id(p) for p in skip.parameters()} if skip is not None else set()
+        missing = [n for n, p in module.named_parameters() if p.device.type == "meta" and id(p) not in skipped]
+        if missing:
+            from prunenet.errors import ModelSourceError
+
+            raise ModelSourceError(f"{self.path}: the checkpoint has no tensor for {missing[0]} "
+                                   f"({len(missing)} missing); it does not match its config.json")
 
     def offload(self, layer: int) -> None:
         """Free decoder layer ``layer`` (its parameters go back to the meta device)."""

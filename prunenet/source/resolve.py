@@ -48,6 +48,8 @@ class SourceModel:
 
     path: Path
     name: str
+    dequantized: bool = False
+    """Built by dequantizing a GGUF file (its fp32 weights hold no more than the quantized ones)."""
 
 
 def cache_dir() -> Path:
@@ -57,14 +59,14 @@ def cache_dir() -> Path:
 def resolve_model(model: str | os.PathLike | None = None) -> SourceModel:
     """Map a ``--model`` value to a checked local directory (building cache entries as needed)."""
     if model is None or str(model) == DEFAULT_MODEL:
-        return SourceModel(_default_model(), DEFAULT_MODEL)
+        return SourceModel(_default_model(), DEFAULT_MODEL, dequantized=True)
     path = Path(model).expanduser()
     if path.is_dir():
         check_model_dir(path)
         return SourceModel(path.resolve(), str(model))
     if path.is_file():
         if path.suffix == ".gguf":
-            return SourceModel(_cached_gguf(path), str(model))
+            return SourceModel(_cached_gguf(path), str(model), dequantized=True)
         raise ModelSourceError(f"--model {model}: is a file; pass a model directory or a .gguf file")
     if path.exists():
         raise ModelSourceError(f"--model {model}: cannot be read (permissions?)")
