@@ -56,6 +56,7 @@ def test_sketched_output_reward_tracks_the_exact_one(tiny_models, monkeypatch):
     a, b = exact.curve(order, widths), sketched.curve(order, widths)
     assert all(abs(x - y) <= 0.25 * x + 1e-6 for x, y in zip(a, b, strict=True)), (a, b)
     assert b == sorted(b, reverse=True)  # keeping more neurons never costs more
+    assert b == pytest.approx([sketched.cost(order[:k]) for k in widths], rel=1e-4)  # incremental curve = cost
 
 
 def test_streamed_quality_report_equals_the_in_memory_one(tiny_models, tmp_path):

@@ -135,4 +135,16 @@ class OutputReward:
         return self._removed_error(mask.nonzero().squeeze(-1))
 
     def curve(self, order: torch.Tensor, widths: list[int]) -> list[float]:
-        return [self._removed_error(order[k:]) for k in widths]
+        if self.M is not None:
+            return [self._removed_error(order[k:]) for k in widths]
+        # sketched: grow the removed set from the end of the ranking, one slice per width (one pass over m)
+        out: dict[int, float] = {}
+        E = self.A.new_zeros(self.A.shape[0], self.B.shape[1])
+        end = len(order)
+        for k in sorted(set(widths), reverse=True):
+            if k < end:
+                idx = order[k:end]
+                E += self.A[:, idx] @ self.B[idx]
+                end = k
+            out[k] = float(E.pow(2).sum()) / self.total
+        return [out[k] for k in widths]

@@ -76,9 +76,10 @@ def train_policy(
 ) -> TrainResult:
     """Train ``policy`` in place on per-layer ``states``; ``costs[l](kept)`` is lower-is-better."""
     threads = torch.get_num_threads()
-    if states[0].device.type == "cpu":
+    if states[0].device.type == "cpu" and states[0].shape[0] <= 4096:
         # every op here is small (one layer's m x d matrix, a d x d eigenproblem): one thread is as fast as
-        # two on a quiet machine and 10-30x faster when another process is busy (OpenMP spin-waits)
+        # two on a quiet machine and 10-30x faster when another process is busy (OpenMP spin-waits). Wider
+        # layers (7B and up) score rollouts with k x |R| x k sketch products, which do use every core.
         torch.set_num_threads(1)
     try:
         return _train(policy, states, costs, ks, cfg)
