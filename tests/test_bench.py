@@ -12,10 +12,13 @@ from click.testing import CliRunner
 from plans import outlier_plan
 
 from exporters.hf import write_hf_checkpoint
+from exporters.onnx.greedy import Generation
 from prunenet.cli import main
 from prunenet.cli.bench import join_multi_values
-from serving.bench import BenchConfig, benchmark, markdown_table, measure
-from serving.bench_engines import Generation
+from serving.bench.config import BenchConfig
+from serving.bench.measure import Loaded, measure
+from serving.bench.outputs import markdown_table
+from serving.bench.run import benchmark
 
 ROW_METRICS = ("prompt_latency_ms", "first_token_latency_ms", "decode_latency_ms", "decode_latency_first_half_ms",
                "prompt_throughput_tps", "decode_throughput_tps", "wall_clock_throughput_tps", "peak_rss_mb",
@@ -80,9 +83,9 @@ def test_onnx_exports_are_cached_and_reused(pair, cache, monkeypatch):
     entries = sorted(p.name for p in (cache / "onnx").iterdir() if p.is_dir())
     assert len(entries) == 2 and all((cache / "onnx" / e / "model.onnx").is_file() for e in entries)
 
-    import exporters.onnx
+    import exporters.onnx.export
 
-    monkeypatch.setattr(exporters.onnx, "export_onnx", lambda *a, **k: pytest.fail("cache entry was rebuilt"))
+    monkeypatch.setattr(exporters.onnx.export, "export_onnx", lambda *a, **k: pytest.fail("cache entry was rebuilt"))
     report = benchmark(list(pair), _fast(runs=1, warmup=0))
     assert {m["artefacts"]["onnxruntime"] for m in report["models"]} == {str(cache / "onnx" / e) for e in entries}
 
@@ -103,10 +106,8 @@ class _Recorder:
 
 
 def test_models_are_measured_alternately():
-    from serving.bench import _Loaded
-
     calls: list[str] = []
-    loaded = [_Loaded("fake", n, _Recorder(n, calls), 0.1, 1.0, n) for n in ("A", "B")]
+    loaded = [Loaded("fake", n, _Recorder(n, calls), 0.1, 1.0, n) for n in ("A", "B")]
     cfg = BenchConfig(prompt_lengths=(4,), generation_length=3, warmup=1, runs=4, threads=1)
     rows = measure(loaded, cfg, {(1, 4): np.zeros((1, 4), dtype=np.int64)})
     # warm-up (rep -1) then runs 0..3: the order flips every repetition so neither model always goes first
@@ -158,5 +159,9 @@ def test_vllm_engine_runs(pair, cache):
     report = benchmark(list(pair), _fast(engines=("vllm",), warmup=1, runs=1, generation_length=16))
     rows = report["results"]
     assert [r["engine"] for r in rows] == ["vllm", "vllm"]
-    assert all(r["prompt_latency_ms"] > 0 and r["decode_latency_ms"] >= 0 and r["process_peak_rss_mb"] > 0
-               for r in rows)
+    for r in rows:
+        assert r["prompt_latency_ms"] > 0 and r["process_peak_rss_mb"] > 0
+        # the decode time is derived, (16-token call - 1-token call) / 15 steps: it must be real time, and
+        # the one run's wall clock (the 16-token call) must be the prompt pass plus those 15 steps
+        assert r["decode_latency_ms"] > 0 and r["decode_throughput_tps"] is not None
+        assert r["wall_clock_s"] * 1e3 == pytest.approx(r["prompt_latency_ms"] + 15 * r["decode_latency_ms"], abs=0.2)

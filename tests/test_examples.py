@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from prunenet.cli import main
@@ -50,15 +51,16 @@ def test_readme_options_exist_and_help_ends_with_examples():
     assert CliRunner().invoke(main, ["--version"]).output.startswith("prunenet, version")
 
 
+@pytest.mark.integration
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_prune_and_serve_example(default_model, tmp_path):
     """examples/prune_and_serve.sh on a ready export (the pruning step is the main job, tested elsewhere)."""
-    import pytest
-
     pytest.importorskip("vllm")
     from plans import outlier_plan
 
     from exporters.hf import write_hf_checkpoint
-    from serving.vllm_server import free_port
+    from serving.vllm.server import free_port
 
     out = tmp_path / "smol-pruned"
     write_hf_checkpoint(default_model, outlier_plan(default_model, ratio=0.3, align=64), out)

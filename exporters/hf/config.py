@@ -17,12 +17,13 @@ from prunenet import __version__
 from prunenet.arch import MODELING_FILE, ArchSpec
 from prunenet.planning.plan import PruningPlan
 
-__all__ = ["COMPAT_MODES", "MODELING_FILE", "rewrite_config", "needs_modeling_file"]
+__all__ = ["COMPAT_MODES", "rewrite_config", "needs_modeling_file"]
 
 COMPAT_MODES = ("native", "padded")
 
 
 def needs_modeling_file(plan: PruningPlan, compat: str) -> bool:
+    """Only non-uniform native exports ship remote code; padded and uniform ones are stock."""
     return compat == "native" and not plan.is_uniform
 
 

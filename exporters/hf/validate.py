@@ -1,7 +1,12 @@
-"""Every export proves itself: reload the written directory with transformers and compare logits.
+"""Every export proves itself: reload the written directory and compare logits with the pruned source.
 
-The reference is the source model with the plan applied in memory (``apply_plan_``), so a
-mistake anywhere in streaming, slicing, padding or the config rewrite shows up as a mismatch.
+The reference is the source with the plan applied layer by layer (``apply_layer_plan_``) and its
+weights rounded to the written dtype; the export is read back through its own config.json (and
+``modeling_pruned.py``, the remote code users load). Both are run one decoder layer at a time
+(:class:`~prunenet.source.layerwise.LayerwiseModel`), so a 7B is validated without ever being held
+in memory, and every written tensor must land in the rebuilt model (a missing or foreign tensor is an
+error). A mistake anywhere in streaming, slicing, padding, casting or the config rewrite shows up as
+a mismatch.
 """
 
 from __future__ import annotations
@@ -13,31 +18,33 @@ import torch
 from prunenet.arch import get_arch_spec
 from prunenet.errors import ExportValidationError
 from prunenet.planning.plan import PruningPlan
-from prunenet.planning.surgery import apply_plan_
+from prunenet.planning.surgery import apply_layer_plan_
+from prunenet.source.layerwise import LayerwiseModel
 
-__all__ = ["validate_hf_export", "load_pruned"]
-
-
-def load_pruned(path: Path, dtype: torch.dtype = torch.float32):
-    """Load an exported directory the way users do (remote code only if the directory ships it)."""
-    from transformers import AutoModelForCausalLM
-
-    trust = (Path(path) / "modeling_pruned.py").is_file()
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust).eval()
+__all__ = ["validate_hf_export"]
 
 
-def validate_hf_export(source: Path, out: Path, plan: PruningPlan, seq_len: int = 16) -> float:
-    """Max |logit difference| between the export and the in-memory pruned source; raises if too large."""
-    from transformers import AutoModelForCausalLM
+def validate_hf_export(source: Path, out: Path, plan: PruningPlan, *, dtype: torch.dtype | None = None,
+                       device: str | torch.device = "cpu", seq_len: int = 16) -> float:
+    """Max |logit difference| between the export and the pruned source; raises if too large.
 
+    ``dtype``: the dtype the export was written in (the reference is rounded to it); both sides then
+    compute in fp32, so the comparison is as tight as the family's ``ArchSpec.atol``.
+    """
     spec = get_arch_spec(plan.model_type)
-    reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    apply_plan_(reference, plan)
-    exported = load_pruned(out)
+    reference = LayerwiseModel(source, device=device, dtype=torch.float32, round_to=dtype)
+    exported = LayerwiseModel(out, device=device, dtype=torch.float32)
     vocab = int(reference.config.vocab_size)
     ids = torch.randint(0, vocab, (2, seq_len), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        diff = (reference(ids).logits - exported(ids).logits).abs().max().item()
-    if not diff <= spec.atol * max(1.0, reference(ids).logits.abs().max().item()):
+    h_ref, kw_ref = reference.prepare([ids])
+    h_exp, kw_exp = exported.prepare([ids])
+    for i in range(reference.num_layers):
+        with reference.layer(i) as module:
+            h_ref = reference.forward_layer(apply_layer_plan_(module, spec, plan.layers[i]), i, h_ref, kw_ref)
+        with exported.layer(i) as module:
+            h_exp = exported.forward_layer(module, i, h_exp, kw_exp)
+    expected = reference.logits(ids, h_ref[0])
+    diff = (expected - exported.logits(ids, h_exp[0])).abs().max().item()
+    if not diff <= spec.atol * max(1.0, expected.abs().max().item()):
         raise ExportValidationError(f"exported model differs from the pruned model (max |logit diff| {diff:.3g})")
     return diff

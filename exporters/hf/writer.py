@@ -2,8 +2,8 @@
 
 No second copy of the model is ever held: each tensor is read, sliced (and zero-padded in
 ``padded`` mode) and appended to the current output shard, which is flushed when it reaches
-``max_shard_bytes``. Tokenizer, chat template and generation config are copied; the config is
-rewritten by :func:`exporters.hf_config.rewrite_config`.
+``max_shard_bytes``. Tokenizer, chat template and generation config are copied
+(:mod:`exporters.hf.side_files`); the config is rewritten by :func:`exporters.hf.config.rewrite_config`.
 """
 
 from __future__ import annotations
@@ -15,26 +15,22 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from prunenet.arch import get_arch_spec
+from exporters.hf.config import needs_modeling_file, rewrite_config
+from exporters.hf.side_files import copy_side_files
+from prunenet.arch import MODELING_FILE, get_arch_spec
 from prunenet.errors import PlanMismatch, PruneNetError
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import layer_tensor_roles, pad_tensor, slice_tensor
 from prunenet.progress import track
 from prunenet.source.checkpoint import Checkpoint
 
-from .hf_config import MODELING_FILE, needs_modeling_file, rewrite_config
-
-__all__ = ["write_hf_checkpoint", "COPIED_FILES", "OutputWriteError"]
+__all__ = ["write_hf_checkpoint", "OutputWriteError"]
 
 
 class OutputWriteError(PruneNetError):
     """The output could not be written (disk full, file-size limit, I/O error)."""
 
-COPIED_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja",
-    "chat_template.json", "generation_config.json",
-)
+
 _TEMPLATE = Path(__file__).parent / "templates" / MODELING_FILE
 
 
@@ -43,9 +39,12 @@ def _tensor_bytes(t: torch.Tensor) -> int:
 
 
 def write_hf_checkpoint(
-    source: Path, plan: PruningPlan, out: Path, *, compat: str = "native", max_shard_bytes: int = 2 << 30
+    source: Path, plan: PruningPlan, out: Path, *, compat: str = "native", max_shard_bytes: int = 2 << 30,
+    dtype: torch.dtype | None = None,
 ) -> dict:
-    """Write the pruned checkpoint into the (staging) directory ``out``; returns the new config."""
+    """Write the pruned checkpoint into the (staging) directory ``out``; returns the new config.
+
+    ``dtype`` casts every floating tensor (None keeps the source's); config.json records it."""
     ckpt = Checkpoint(source)
     spec = get_arch_spec(ckpt.config.get("model_type"))
     out.mkdir(parents=True, exist_ok=True)
@@ -77,6 +76,8 @@ def write_hf_checkpoint(
                     tensor = slice_tensor(spec, suffix, tensor, lp.kept)
                 if compat == "padded":
                     tensor = pad_tensor(spec, suffix, tensor, target)
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
             if size and size + _tensor_bytes(tensor) > max_shard_bytes:
                 flush()
             current[name] = tensor
@@ -85,12 +86,15 @@ def write_hf_checkpoint(
         flush()
     _name_shards(out, written)
     config = rewrite_config(ckpt.config, spec, plan, compat)
+    if dtype is not None:
+        name = str(dtype).removeprefix("torch.")
+        config["dtype"] = name
+        if "torch_dtype" in config:
+            config["torch_dtype"] = name
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if needs_modeling_file(plan, compat):
         shutil.copyfile(_TEMPLATE, out / MODELING_FILE)
-    for fname in COPIED_FILES:
-        if (source / fname).is_file():
-            shutil.copyfile(source / fname, out / fname)
+    copy_side_files(source, out)
     plan.save(out)
     return config
 

@@ -30,10 +30,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prunenet.arch import ARCH_SPECS, ArchSpec
+from prunenet.arch import ARCH_SPECS, ArchSpec, is_pruned_architecture
 
-__all__ = ["MODELS_MODULE", "VllmFamily", "VLLM_FAMILIES", "pruned_architectures", "pruned_arch_name",
-           "layer_widths"]
+__all__ = ["MODELS_MODULE", "VllmFamily", "VLLM_FAMILIES", "pruned_architectures", "layer_widths"]
 
 MODELS_MODULE = __name__
 _VLLM_MODELS = "vllm.model_executor.models"
@@ -73,14 +72,9 @@ VLLM_FAMILIES: dict[str, VllmFamily] = {
 }
 
 
-def pruned_arch_name(spec: ArchSpec) -> str:
-    """The architecture a non-uniform export of this family names in config.json."""
-    return spec.pruned_architecture
-
-
 def pruned_architectures() -> list[str]:
     """Every ``Pruned<Base>ForCausalLM`` this module can build, in ARCH_SPECS order."""
-    return [pruned_arch_name(spec) for mt, spec in ARCH_SPECS.items() if mt in VLLM_FAMILIES]
+    return [spec.pruned_architecture for mt, spec in ARCH_SPECS.items() if mt in VLLM_FAMILIES]
 
 
 def layer_widths(config: Any, num_layers: int) -> list[int]:
@@ -253,14 +247,14 @@ _FACTORIES = {"layer_type": _layer_type_class, "rebuild": _rebuild_class, "trans
 def _build(name: str) -> type:
     for model_type, spec in ARCH_SPECS.items():
         family = VLLM_FAMILIES.get(model_type)
-        if family is not None and pruned_arch_name(spec) == name:
+        if family is not None and spec.pruned_architecture == name:
             return _FACTORIES[family.hook](name, model_type, spec, family)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __getattr__(name: str) -> type:
     """Create ``Pruned<Base>ForCausalLM`` on first access (vLLM imports it lazily by name)."""
-    if not name.startswith("Pruned"):
+    if not is_pruned_architecture(name):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     cls = _build(name)
     globals()[name] = cls

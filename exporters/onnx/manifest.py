@@ -1,0 +1,43 @@
+"""``prunenet-onnx.json``: the report an ONNX export directory carries about itself.
+
+It records how the graph was made and validated and lists the directory's files. The list is taken
+when the report is written, of the directory as it will be committed: files of an input directory
+that lives inside the output (the ``--target onnx`` intermediate HF export, removed before the
+commit) are left out, and the report names itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["REPORT_FILE", "write_manifest", "read_manifest", "listed_files"]
+
+REPORT_FILE = "prunenet-onnx.json"
+
+
+def listed_files(out_dir: Path, *, exclude: tuple[Path, ...] = ()) -> list[str]:
+    """Every file under ``out_dir`` (relative, sorted) except those under ``exclude``, plus the report."""
+    out_dir = Path(out_dir).resolve()
+    skipped = [Path(p).resolve() for p in exclude]
+    files = {REPORT_FILE}
+    for path in out_dir.rglob("*"):
+        if path.is_file() and not any(path == s or s in path.parents for s in skipped):
+            files.add(str(path.relative_to(out_dir)))
+    return sorted(files)
+
+
+def write_manifest(out_dir: Path, report: dict[str, Any], *, exclude: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Write ``report`` plus its ``files`` list; returns the report as written."""
+    report = {**report, "files": listed_files(out_dir, exclude=exclude)}
+    (Path(out_dir) / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    """The report of ``out_dir``; empty when there is none (a graph exported by another tool)."""
+    try:
+        return json.loads((Path(out_dir) / REPORT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
