@@ -92,7 +92,7 @@ def test_weights_only_summaries_do_not_keep_matrices(tiny_models):
         make_plan(tiny_models["llama"], PruneConfig(ratio=0.3, self_data=0, align=1, episodes=1))
     finally:
         planner.summarize_layer = original
-    m, d = 192, 64
+    m = 192
     assert len(seen) == 3 and all(n <= m * (8 + 1) * 4 for n in seen), seen  # features + peak, never m x d
 
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPORT_FILE", "write_manifest", "read_manifest", "listed_files"]
+__all__ = ["REPORT_FILE", "write_manifest", "read_manifest", "listed_files", "refresh_manifest"]
 
 REPORT_FILE = "prunenet-onnx.json"
 
@@ -41,3 +41,11 @@ def read_manifest(out_dir: Path) -> dict[str, Any]:
         return json.loads((Path(out_dir) / REPORT_FILE).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def refresh_manifest(out_dir: Path) -> None:
+    """Re-list the files of an ONNX directory whose report exists (files added after the export: model card,
+    policy); a directory without a report is left alone."""
+    report = read_manifest(out_dir)
+    if report:
+        write_manifest(out_dir, {k: v for k, v in report.items() if k != "files"})

@@ -75,6 +75,10 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
             report["vllm"] = _check_vllm(stage, warnings)
         hint = load_hint(req.target, str(report.get("architecture", "")), req.out)
         write_model_card(stage, plan, stats, quality, req.target, hint)
+        if req.target == "onnx":
+            from exporters.onnx.manifest import refresh_manifest
+
+            refresh_manifest(stage)  # the model card and the policy were added after the graph
     return {
         "source": source.name, "out": str(req.out), "target": req.target, "method": plan.method,
         "ratio": plan.ratio, "achieved_ratio": plan.removed_fraction, "allocation": plan.allocation,
