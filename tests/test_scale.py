@@ -1,4 +1,4 @@
-"""The scale benchmark's checkpoint builder and report, the GPU check script's plan, and a 7B-shape smoke test.
+"""The scale benchmark's checkpoint builder (``scale_checkpoints.py``) and report (``scale_benchmark.py``), the GPU check script's plan, and a 7B-shape smoke test.
 
 The smoke test prunes a 2-layer LLaMA-2-7B-shaped checkpoint (1.3 GB bf16) end to end; the 8/16/32-layer
 runs of ``examples/scale_benchmark.py run`` are benchmarks, not tests.
@@ -21,15 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("scale_benchmark", ROOT / "examples" / "scale_benchmark.py")
+def _load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["scale_benchmark"] = module  # dataclasses look the module up by name
+    sys.modules[name] = module  # dataclasses look the module up by name
     spec.loader.exec_module(module)
     return module
 
 
-sb = _load_benchmark()
+sc = _load_example("scale_checkpoints")  # the checkpoint builder
+sb = _load_example("scale_benchmark")  # the runner and report; imports the builder above (one module object)
 
 
 def _tensor_shapes(ckpt: Path) -> dict[str, tuple[list[int], str]]:
@@ -47,7 +48,7 @@ def _tensor_shapes(ckpt: Path) -> dict[str, tuple[list[int], str]]:
     return out
 
 
-def _check_checkpoint(ckpt: Path, shape: sb.Shape, layers: int) -> None:
+def _check_checkpoint(ckpt: Path, shape: sc.Shape, layers: int) -> None:
     index = json.loads((ckpt / "model.safetensors.index.json").read_text())
     wmap = index["weight_map"]
     shards = set(wmap.values())
@@ -96,16 +97,16 @@ def test_build_tiny_shape_loads_and_is_reproducible(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    shape = sb.SHAPES["tiny"]
-    a = sb.build_checkpoint("tiny", 2, tmp_path / "a")
+    shape = sc.SHAPES["tiny"]
+    a = sc.build_checkpoint("tiny", 2, tmp_path / "a")
     _check_checkpoint(a, shape, 2)
     _check_tokenizer(a, shape.vocab)
-    assert sb.checkpoint_ok(a, "tiny", 2, "bfloat16") and not sb.checkpoint_ok(a, "tiny", 3, "bfloat16")
+    assert sc.checkpoint_ok(a, "tiny", 2, "bfloat16") and not sc.checkpoint_ok(a, "tiny", 3, "bfloat16")
 
     model = AutoModelForCausalLM.from_pretrained(a)
     assert model.dtype == torch.bfloat16 and model.config.num_hidden_layers == 2
     w = model.model.layers[1].mlp.gate_proj.weight.detach().float()
-    assert abs(float(w.std()) - sb.INIT_STD) < 1e-3 and abs(float(w.mean())) < 1e-3
+    assert abs(float(w.std()) - sc.INIT_STD) < 1e-3 and abs(float(w.mean())) < 1e-3
     with torch.no_grad():
         logits = model(torch.tensor([[1, 5, 9, 400]])).logits.float()
     assert torch.isfinite(logits).all() and 0.05 < float(logits.std()) < 10  # numerically sane
@@ -113,9 +114,9 @@ def test_build_tiny_shape_loads_and_is_reproducible(tmp_path):
     def digest(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    b = sb.build_checkpoint("tiny", 1, tmp_path / "b")  # same seed: layer 0 and the outer shard are identical
+    b = sc.build_checkpoint("tiny", 1, tmp_path / "b")  # same seed: layer 0 and the outer shard are identical
     assert digest(a / "model-00002-of-00003.safetensors") == digest(b / "model-00002-of-00002.safetensors")
-    c = sb.build_checkpoint("tiny", 1, tmp_path / "c", seed=1)
+    c = sc.build_checkpoint("tiny", 1, tmp_path / "c", seed=1)
     assert digest(b / "model-00002-of-00002.safetensors") != digest(c / "model-00002-of-00002.safetensors")
 
 
@@ -126,6 +127,22 @@ def test_cli_build_help_and_errors(tmp_path):
     proc = subprocess.run([sys.executable, script, "run", "--shape", "tiny", "--layers-list", "1",
                            "--cache", str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "--build" in proc.stderr
+
+
+def test_builder_runs_on_its_own_and_through_the_benchmark(tmp_path):
+    assert sb.ck is sc  # the benchmark imports the builder module, it does not copy it
+    script = str(ROOT / "examples" / "scale_checkpoints.py")
+    proc = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Example:" in proc.stdout and "--layers" in proc.stdout
+    for tool, out in ((script, tmp_path / "own"), (str(ROOT / "examples" / "scale_benchmark.py"), tmp_path / "sb")):
+        cmd = [sys.executable, tool, *([] if tool == script else ["build"]), "--shape", "tiny", "--layers", "1",
+               "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "wrote" in proc.stdout, proc.stderr[-2000:]
+        assert sc.checkpoint_ok(out, "tiny", 1, "bfloat16") and sc.checkpoint_shape(out) == "tiny"
+    digest = [hashlib.sha256((d / "model-00002-of-00002.safetensors").read_bytes()).hexdigest()
+              for d in (tmp_path / "own", tmp_path / "sb")]
+    assert digest[0] == digest[1]
 
 
 def _result(layers: int, wall: float, rss: float, phases=None, mode="weights-only", rc=0):
@@ -211,8 +228,8 @@ def test_gpu_check_script_syntax():
 @pytest.mark.slow
 def test_smoke_2_layer_7b_shape(tmp_path):
     """Build a 2-layer LLaMA-2-7B shape, then prune it weights-only through the benchmark's run path."""
-    shape = sb.SHAPES["llama2-7b"]
-    ckpt = sb.build_checkpoint("llama2-7b", 2, tmp_path / "ckpt")
+    shape = sc.SHAPES["llama2-7b"]
+    ckpt = sc.build_checkpoint("llama2-7b", 2, tmp_path / "ckpt")
     _check_checkpoint(ckpt, shape, 2)
     _check_tokenizer(ckpt, shape.vocab)
 

@@ -106,13 +106,13 @@ def tiny_with_tokenizer(tmp_path_factory):
 
     path = make_tiny_model("llama", tmp_path_factory.mktemp("tok") / "llama")
     spec = importlib.util.spec_from_file_location(
-        "scale_benchmark", Path(__file__).resolve().parents[1] / "examples" / "scale_benchmark.py")
-    bench = importlib.util.module_from_spec(spec)
+        "scale_checkpoints", Path(__file__).resolve().parents[1] / "examples" / "scale_checkpoints.py")
+    builder = importlib.util.module_from_spec(spec)
     import sys
 
-    sys.modules[spec.name] = bench  # its dataclasses look their module up
-    spec.loader.exec_module(bench)
-    bench.write_tokenizer(TINY_CONFIGS["llama"][1]["vocab_size"], path)
+    sys.modules[spec.name] = builder  # its dataclasses look their module up
+    spec.loader.exec_module(builder)
+    builder.write_tokenizer(TINY_CONFIGS["llama"][1]["vocab_size"], path)
     return path
 
 
