@@ -372,3 +372,28 @@ def test_exported_tokenizer_loads_in_transformers_4_and_5(tiny_models, tmp_path)
         expected = AutoTokenizer.from_pretrained(src)(SENTENCE)["input_ids"]
         assert loaded(SENTENCE)["input_ids"] == expected and len(expected) > 5
         assert tokenizers.Tokenizer.from_file(str(d / "tokenizer.json")).encode(SENTENCE).ids == expected
+
+
+def test_streamed_shards_are_the_bytes_save_file_writes(tmp_path):
+    """The tensor-by-tensor shard writer produces exactly safetensors' own file (and loads back with it)."""
+    from safetensors.torch import load_file, save_file
+
+    from exporters.hf.shards import TensorSpec, plan_shards, write_shard
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"b.weight": torch.randn(5, 3, generator=g), "a.bias": torch.randn(7, generator=g),
+               "c.scale": torch.randn((), generator=g)}
+    save_file(tensors, str(tmp_path / "ref.safetensors"), metadata={"format": "pt"})
+    [shard] = plan_shards([TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()], 1 << 20)
+    write_shard(tmp_path / "ours.safetensors", shard, tensors.__getitem__)
+    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    mixed = {"x": torch.randn(4, 4, generator=g).to(torch.bfloat16), "y": torch.arange(6), "z": torch.randn(3)}
+    specs = [TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in mixed.items()]
+    shards = plan_shards(specs, 40)
+    assert [[t.name for t in s.tensors] for s in shards] == [["x"], ["y"], ["z"]]  # 32 + 48 + 12 bytes, cap 40
+    for i, s in enumerate(shards):
+        write_shard(tmp_path / f"m{i}.safetensors", s, mixed.__getitem__)
+        for name, t in load_file(str(tmp_path / f"m{i}.safetensors")).items():
+            assert torch.equal(t, mixed[name]) and t.dtype == mixed[name].dtype
+    with pytest.raises(ValueError, match="planned"):
+        write_shard(tmp_path / "bad.safetensors", shards[0], lambda n: torch.zeros(2))

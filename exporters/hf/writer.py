@@ -1,8 +1,8 @@
-"""Hugging Face directory export: stream the source safetensors through the plan, shard by shard.
+"""Hugging Face directory export: stream the source safetensors through the plan, tensor by tensor.
 
-No second copy of the model is ever held: each tensor is read, sliced (and zero-padded in
-``padded`` mode) and appended to the current output shard, which is flushed when it reaches
-``max_shard_bytes``. Tokenizer, chat template and generation config are copied
+No second copy of the model is ever held, not even one shard: the output shards are laid out from the
+tensors' shapes first, then each tensor is read, sliced (zero-padded in ``padded`` mode, cast to
+``--dtype``) and written straight into its shard (:mod:`exporters.hf.shards`). Tokenizer, chat template and generation config are copied
 (:mod:`exporters.hf.side_files`); the config is rewritten by :func:`exporters.hf.config.rewrite_config`.
 """
 
@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from exporters.hf.config import needs_modeling_file, rewrite_config
+from exporters.hf.shards import TensorSpec, plan_shards, write_shard
 from exporters.hf.side_files import copy_side_files
 from prunenet.arch import MODELING_FILE, get_arch_spec
 from prunenet.errors import PlanMismatch, PruneNetError
@@ -34,10 +34,6 @@ class OutputWriteError(PruneNetError):
 _TEMPLATE = Path(__file__).parent / "templates" / MODELING_FILE
 
 
-def _tensor_bytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
 def write_hf_checkpoint(
     source: Path, plan: PruningPlan, out: Path, *, compat: str = "native", max_shard_bytes: int = 2 << 30,
     dtype: torch.dtype | None = None,
@@ -52,39 +48,31 @@ def write_hf_checkpoint(
     if len(plan.layers) != n_layers:
         raise PlanMismatch(f"plan has {len(plan.layers)} layers, the model has {n_layers}")
     target = max(plan.widths)
-    current: dict[str, torch.Tensor] = {}
-    size = 0
-    written: list[list[str]] = []  # tensor names of each flushed shard
 
-    def flush() -> None:
-        nonlocal current, size
+    def transform(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        role = layer_tensor_roles(spec, name)
+        if role is not None:
+            layer, suffix = role
+            lp = plan.layers[layer]
+            if lp.width != lp.original_width:
+                tensor = slice_tensor(spec, suffix, tensor, lp.kept)
+            if compat == "padded":
+                tensor = pad_tensor(spec, suffix, tensor, target)
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        return tensor
+
+    infos = ckpt.tensor_infos()
+    names = [n for shard in ckpt.shards for n, s in ckpt.weight_map.items() if s == shard]
+    specs = [_output_spec(name, *infos[name], transform) for name in names]
+    shards = plan_shards(specs, max_shard_bytes)
+    for i, shard in enumerate(track(shards, "Writing pruned weights", total=len(shards))):
         try:
-            save_file(current, str(out / f".shard-{len(written)}.safetensors"), metadata={"format": "pt"})
-        except Exception as exc:  # safetensors reports ENOSPC/EFBIG as its own error type
-            reason = str(exc).splitlines()[0][:160]
-            raise OutputWriteError(f"cannot write weights to {out.parent} ({reason}); free space and retry") from None
-        written.append(list(current))
-        current, size = {}, 0
-
-    for shard in track(ckpt.shards, "Writing pruned weights", total=len(ckpt.shards)):
-        for name, tensor in ckpt.iter_shard(shard):
-            role = layer_tensor_roles(spec, name)
-            if role is not None:
-                layer, suffix = role
-                lp = plan.layers[layer]
-                if lp.width != lp.original_width:
-                    tensor = slice_tensor(spec, suffix, tensor, lp.kept)
-                if compat == "padded":
-                    tensor = pad_tensor(spec, suffix, tensor, target)
-            if dtype is not None and tensor.is_floating_point():
-                tensor = tensor.to(dtype)
-            if size and size + _tensor_bytes(tensor) > max_shard_bytes:
-                flush()
-            current[name] = tensor
-            size += _tensor_bytes(tensor)
-    if current or not written:
-        flush()
-    _name_shards(out, written)
+            write_shard(out / f".shard-{i}.safetensors", shard, lambda n: transform(n, ckpt.get(n)))
+        except OSError as exc:  # ENOSPC, EFBIG (file-size limit), EIO
+            raise OutputWriteError(f"cannot write weights to {out.parent} ({exc.strerror or exc}); "
+                                   "free space and retry") from None
+    _name_shards(out, [[t.name for t in s.tensors] for s in shards])
     config = rewrite_config(ckpt.config, spec, plan, compat)
     if dtype is not None:
         name = str(dtype).removeprefix("torch.")
@@ -97,6 +85,12 @@ def write_hf_checkpoint(
     copy_side_files(source, out)
     plan.save(out)
     return config
+
+
+def _output_spec(name: str, shape: tuple[int, ...], src_dtype: torch.dtype, transform) -> TensorSpec:
+    """Shape and dtype a tensor will have once written, from its header alone (the transform runs on meta)."""
+    out = transform(name, torch.empty(shape, dtype=src_dtype, device="meta"))
+    return TensorSpec(name, out.dtype, tuple(int(x) for x in out.shape))
 
 
 def _name_shards(out: Path, names: list[list[str]]) -> None:

@@ -23,6 +23,8 @@ from prunenet.errors import ModelSourceError
 __all__ = ["Checkpoint"]
 
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+_ALL_DTYPES = {**_DTYPES, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+               "U8": torch.uint8, "BOOL": torch.bool}
 
 
 class Checkpoint:
@@ -105,6 +107,16 @@ class Checkpoint:
                     counts[kind] = counts.get(kind, 0) + 1
         floats = {k: v for k, v in counts.items() if k in _DTYPES}
         return _DTYPES[max(floats, key=floats.get)] if floats else torch.float32
+
+    def tensor_infos(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Name -> (shape, dtype) of every tensor, from the shard headers (no data read)."""
+        out = {}
+        for shard in self.shards:
+            with self._open(self.path / shard) as f:
+                for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                    sl = f.get_slice(name)
+                    out[name] = (tuple(sl.get_shape()), _ALL_DTYPES[sl.get_dtype()])
+        return out
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         out: dict[str, tuple[int, ...]] = {}
