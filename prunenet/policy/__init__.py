@@ -1,0 +1,1 @@
+"""The PruneNet policy: the network, its REINFORCE training, the rewards it learns from, spectra and features."""

@@ -1,0 +1,1 @@
+"""Reading the source: resolving --model, safetensors access, FFN views, the HF loader, the layer-by-layer runner."""
