@@ -62,7 +62,7 @@ def export_onnx(
     ``hf_dir`` may live inside ``out_dir`` (the ``--target onnx`` intermediate export); its files are
     then not listed in the report, since the caller removes them before the commit.
     """
-    from prunenet.planning.planner import resolve_device
+    from prunenet.device import resolve_device
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     device = resolve_device(device).type

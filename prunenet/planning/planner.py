@@ -35,7 +35,7 @@ from prunenet.progress import track
 from prunenet.source.checkpoint import Checkpoint
 from prunenet.source.ffn import load_layer_ffn
 
-__all__ = ["PruneConfig", "PlanResult", "make_plan", "resolve_device", "compute_dtype"]
+__all__ = ["PruneConfig", "PlanResult", "make_plan", "compute_dtype"]
 
 log = logging.getLogger(__name__)
 
