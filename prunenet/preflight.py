@@ -2,8 +2,9 @@
 
 The estimate reads only ``config.json`` and the tensor headers (shapes, dtypes), and follows the
 memory model of the pipeline: the planner holds one decoder layer plus compact per-layer summaries;
-self-text generation holds the whole model in its dtype (it is autoregressive); the writer holds
-one output shard; the quality report two decoder layers plus hidden states and one window's logits.
+self-text generation holds the whole model in its dtype (it is autoregressive); the writer holds one
+tensor, its validation one layer of the source and one of the export; the quality report two decoder
+layers plus hidden states and one window's logits.
 A phase that needs more than the device offers is a one-line error that says what to change, so
 nothing is ever killed by the kernel halfway through a run, and nothing is written.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from prunenet.arch import ArchSpec, get_arch_spec
-from prunenet.device import MEMORY_BUDGET_ENV, available_bytes
+from prunenet.device import MEMORY_BUDGET_ENV, available_bytes, layer_dtype, model_dtype
 from prunenet.errors import PruneNetError
 from prunenet.planning.config import PruneConfig
 from prunenet.planning.methods import METHODS
@@ -28,8 +29,6 @@ __all__ = ["MemoryError_", "PhaseEstimate", "estimate_phases", "check_memory", "
 
 RUNTIME_BYTES = int(1.2e9)
 """Python, torch and transformers themselves (measured ~0.9-1.1 GB RSS after imports on this project)."""
-SHARD_BYTES = 2 << 30
-"""The writer's output shard size (exporters write 2 GiB shards)."""
 EVAL_TOKENS = 1536
 """Tokens of the default quality-report text (the bundled text's default slice is ~1.45k)."""
 SELF_TEXT_SAMPLE = 128
@@ -88,10 +87,10 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
     n_layers, m = spec.num_layers(c), spec.width(c)
     d = int(c.get("hidden_size") or 0)
     vocab = int(c.get("vocab_size") or 0)
-    dtype = ckpt.dtype
-    compute = 4 if (dtype == torch.float16 and device.type == "cpu") else torch.finfo(dtype).bits // 8
+    whole = torch.finfo(model_dtype(ckpt.dtype, device)).bits // 8
+    compute = torch.finfo(layer_dtype(ckpt.dtype, device)).bits // 8
     per_layer, rest, largest = _sizes(ckpt, spec, compute)
-    model = rest + n_layers * per_layer
+    model = (rest + n_layers * per_layer) * whole // compute
     method = METHODS[cfg.method]
     self_text = planning and bool(cfg.self_data) and needs_activations(method, cfg.allocation) and cfg.ratio > 0
     tokens = max(cfg.self_data, 1)
@@ -105,14 +104,15 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
         heads = int(c.get("num_attention_heads") or 1)
         kv = int(c.get("num_key_value_heads") or heads)
         head_dim = int(c.get("head_dim") or (d // heads if heads else 0))
-        cache = samples * (SELF_TEXT_SAMPLE + 16) * n_layers * 2 * kv * head_dim * compute
+        cache = samples * (SELF_TEXT_SAMPLE + 16) * n_layers * 2 * kv * head_dim * whole
         logits = samples * vocab * 4 * 3
         phases.append(PhaseEstimate("self-text", int(model * 1.05) + cache + logits,
                                     "use --self-data 0 (weights only), or a --device with more memory"))
     if planning:
         phases.append(PhaseEstimate("capture" if self_text else "read", streamed + summaries,
                                     "use --self-data 0 or --method prunenet (compact summaries), or another --device"))
-    phases.append(PhaseEstimate("write", SHARD_BYTES + 2 * largest, "free memory (the writer holds one 2 GiB shard)"))
+    # the writer holds one tensor at a time; its validation reads the source and the export back, one layer each
+    phases.append(PhaseEstimate("write", max(3 * largest, 2 * (rest + per_layer)), "free memory or use another --device"))
     if evaluate:
         hidden = 2 * EVAL_TOKENS * d * compute * 3
         logits = 512 * vocab * 4 * 4

@@ -42,16 +42,16 @@ def compare_streaming(dense_dir: Path, pruned_dir: Path, windows: list[torch.Ten
                       meta: dict[str, Any] | None = None) -> QualityReport:
     """Score ``pruned_dir`` against ``dense_dir`` on ``windows``, streaming both checkpoints.
 
-    ``dtype``: compute dtype of both models (default: the dense checkpoint's own, so an fp32 source
-    is scored in fp32 and a bf16 7B in bf16).
+    ``dtype``: compute dtype of both models (default: :func:`~prunenet.device.layer_dtype` of the dense
+    checkpoint: fp32 on the CPU, the checkpoint's own on a GPU).
     """
+    from prunenet.device import layer_dtype
     from prunenet.source.checkpoint import Checkpoint
     from prunenet.source.layerwise import LayerwiseModel
 
     device = torch.device(device)
     if dtype is None:
-        dtype = Checkpoint(dense_dir).dtype
-        dtype = torch.float32 if dtype == torch.float16 and device.type == "cpu" else dtype
+        dtype = layer_dtype(Checkpoint(dense_dir).dtype, device)
     dense = LayerwiseModel(dense_dir, device=device, dtype=dtype)
     pruned = LayerwiseModel(pruned_dir, device=device, dtype=dtype)
     _check(windows, dense, pruned)

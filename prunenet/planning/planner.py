@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from prunenet.arch import ArchSpec, get_arch_spec
-from prunenet.device import resolve_device
+from prunenet.device import layer_dtype, model_dtype, resolve_device
 from prunenet.errors import PolicyMismatch
 from prunenet.phases import PhaseLog
 from prunenet.planning.allocation import input_layer_prior, sensitivity_widths, uniform_widths, width_step
@@ -35,7 +35,7 @@ from prunenet.progress import track
 from prunenet.source.checkpoint import Checkpoint
 from prunenet.source.ffn import load_layer_ffn
 
-__all__ = ["PruneConfig", "PlanResult", "make_plan", "compute_dtype"]
+__all__ = ["PruneConfig", "PlanResult", "make_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,6 @@ class PlanResult:
     history: list[dict] = field(default_factory=list)
     self_text: list[torch.Tensor] | None = None
     """The self-generated token ids the statistics came from (saved beside the policy for reuse)."""
-
-
-def compute_dtype(ckpt: Checkpoint, device: torch.device) -> torch.dtype:
-    """The checkpoint's own dtype (bf16 stays bf16); fp16 on the CPU computes in fp32."""
-    dtype = ckpt.dtype
-    return torch.float32 if dtype == torch.float16 and device.type == "cpu" else dtype
 
 
 def make_plan(source: Path, cfg: PruneConfig, source_name: str | None = None, *,
@@ -85,7 +79,7 @@ def make_plan(source: Path, cfg: PruneConfig, source_name: str | None = None, *,
             log.info("reusing the self-text saved beside %s", cfg.policy)
     if uses_text and self_text is None:
         with phases.phase("self-text", device):
-            self_text = _self_text(str(source), cfg.self_data, cfg.seed, str(device), compute_dtype(ckpt, device))
+            self_text = _self_text(str(source), cfg.self_data, cfg.seed, str(device), model_dtype(ckpt.dtype, device))
     summaries = _summaries(ckpt, spec, method, cfg, device, self_text if uses_text else None, phases)
     # a layer's cost counts relative to the residual stream it writes into (measured on self-text);
     # weights alone cannot measure that, so a prior protects the input layers instead
@@ -126,7 +120,7 @@ def _layer_inputs(ckpt: Checkpoint, device: torch.device, self_text, seed: int) 
     from prunenet.planning.selfdata import stream_ffn_inputs
 
     for _, X, residual in stream_ffn_inputs(ckpt.path, self_text, device=device,
-                                            dtype=compute_dtype(ckpt, device), seed=seed):
+                                            dtype=layer_dtype(ckpt.dtype, device), seed=seed):
         yield X.to(device), residual
 
 
