@@ -258,5 +258,5 @@ def test_smoke_2_layer_7b_shape(tmp_path):
         assert tensors[p + "down_proj.weight"][0] == [h, w]
     assert tensors["lm_head.weight"][0] == [shape.vocab, h]
     row = sb.RunResult(str(ckpt), 2, "weights-only", "hf", wall, rss_kb / 1024**2, rc, sb.phases_of(report),
-                       shape=sb.checkpoint_shape(ckpt))
+                       shape=sc.checkpoint_shape(ckpt))
     print(sb.results_table([row]))  # "-" per phase on builds without report["phases"]
