@@ -97,34 +97,31 @@ class Checkpoint:
                     ) from None
 
     @cached_property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the checkpoint's weights (the most common floating dtype among its tensors)."""
-        counts: dict[str, int] = {}
+    def _headers(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Name -> (shape, safetensors dtype name) of every tensor, read once from the shard headers."""
+        out: dict[str, tuple[tuple[int, ...], str]] = {}
         for shard in self.shards:
             with self._open(self.path / shard) as f:
                 for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                    kind = f.get_slice(name).get_dtype()
-                    counts[kind] = counts.get(kind, 0) + 1
+                    sl = f.get_slice(name)
+                    out[name] = (tuple(sl.get_shape()), sl.get_dtype())
+        return out
+
+    @cached_property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the checkpoint's weights (the most common floating dtype among its tensors)."""
+        counts: dict[str, int] = {}
+        for _, kind in self._headers.values():
+            counts[kind] = counts.get(kind, 0) + 1
         floats = {k: v for k, v in counts.items() if k in _DTYPES}
         return _DTYPES[max(floats, key=floats.get)] if floats else torch.float32
 
     def tensor_infos(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Name -> (shape, dtype) of every tensor, from the shard headers (no data read)."""
-        out = {}
-        for shard in self.shards:
-            with self._open(self.path / shard) as f:
-                for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                    sl = f.get_slice(name)
-                    out[name] = (tuple(sl.get_shape()), _ALL_DTYPES[sl.get_dtype()])
-        return out
+        return {name: (shape, _ALL_DTYPES[kind]) for name, (shape, kind) in self._headers.items()}
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        out: dict[str, tuple[int, ...]] = {}
-        for shard in self.shards:
-            with self._open(self.path / shard) as f:
-                for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                    out[name] = tuple(f.get_slice(name).get_shape())
-        return out
+        return {name: shape for name, (shape, _) in self._headers.items()}
 
     def num_parameters(self) -> int:
         """Stored parameters (a tied lm_head that is not stored is not counted twice)."""
