@@ -1,5 +1,8 @@
 """Export targets: each consumes a source checkpoint and a pruning plan and writes one directory.
 
+A healed run adds one more input, the healed FFN tensors (``ExportConfig.healed``), read in place of
+the sliced source tensors of the same names.
+
 ``EXPORTERS`` maps ``--target`` names to functions ``(source, plan, out, cfg) -> report``. They
 write into ``out`` (a staging directory; the caller commits it atomically) and know nothing of
 the policy or of how the plan was made. A new target is one entry here and one sub-package
@@ -28,6 +31,8 @@ class ExportConfig:
     """Where validation (and the ONNX export's checks) compute."""
     dtype: str | None = None
     """dtype of the written weights ('bfloat16', 'float16', 'float32'); None keeps the source's."""
+    healed: Path | None = None
+    """A :class:`~prunenet.healing.weights.HealedWeights` directory: its tensors replace the sliced source ones."""
 
 
 def export_hf(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> dict[str, Any]:
@@ -35,13 +40,16 @@ def export_hf(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> 
 
     from exporters.hf.validate import validate_hf_export
     from exporters.hf.writer import write_hf_checkpoint
+    from prunenet.healing.weights import HealedWeights
 
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
-    config = write_hf_checkpoint(source, plan, out, compat=cfg.compat, dtype=dtype)
+    healed = HealedWeights(cfg.healed) if cfg.healed is not None else None
+    config = write_hf_checkpoint(source, plan, out, compat=cfg.compat, dtype=dtype, healed=healed)
     report: dict[str, Any] = {"architecture": config["architectures"][0], "compat": cfg.compat,
                               "dtype": config.get("dtype") or config.get("torch_dtype")}
     if cfg.validate:
-        report["max_logit_diff"] = validate_hf_export(source, out, plan, dtype=dtype, device=cfg.device)
+        report["max_logit_diff"] = validate_hf_export(source, out, plan, dtype=dtype, device=cfg.device,
+                                                       healed=healed)
     return report
 
 

@@ -63,6 +63,22 @@ def _quality_rows(quality: dict[str, Any] | None) -> str:
     return "| metric | value |\n|---|---|\n" + rows + "\n" + note
 
 
+def _healing_rows(plan: PruningPlan) -> str:
+    """Healing's settings and its before/after quality, as the plan records them (``plan.extra["healing"]``)."""
+    h = plan.extra.get("healing")
+    if not h:
+        return "Not healed (the pruned weights are the source's, sliced). `--heal` distils them toward the dense model.\n"
+    s = h.get("settings", {})
+    rows = [("held-out self-text", h.get("held_out_before"), h.get("held_out_after")),
+            ("reference text", h.get("reference_before"), h.get("reference_after"))]
+    table = "\n".join(f"| {name} | {b['kl']:.4f} -> {a['kl']:.4f} | x{b['ppl_ratio']:.3f} -> x{a['ppl_ratio']:.3f} |"
+                      for name, b, a in rows if b and a)
+    return (f"Healed `{h.get('mode')}` on {h.get('tokens', 0):,} tokens of text the dense model wrote itself "
+            f"(no user data): {h.get('steps', 0)} steps, lr {s.get('lr')}, {h.get('healed_tensors', 0)} FFN "
+            f"tensors trained, {h.get('seconds', 0):.0f} s. Before -> after, against the dense model:\n\n"
+            "| text | KL(dense \\|\\| pruned) | perplexity ratio |\n|---|---|---|\n" + table + "\n")
+
+
 def write_model_card(out: Path, plan: PruningPlan, stats: dict[str, Any], quality: dict[str, Any] | None,
                      target: str, load_hint: str) -> Path:
     widths = plan.widths
@@ -94,6 +110,9 @@ Structured FFN pruning by prunenet-deploy {__version__} (PruneNet, calibration-f
 ## Quality
 
 {_quality_rows(quality)}
+## Healing
+
+{_healing_rows(plan)}
 ## Use
 
 {load_hint}

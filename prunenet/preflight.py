@@ -25,7 +25,7 @@ from prunenet.planning.summaries import needs_activations
 from prunenet.policy.rewards import OutputReward
 from prunenet.source.checkpoint import Checkpoint
 
-__all__ = ["MemoryError_", "PhaseEstimate", "estimate_phases", "check_memory", "RUNTIME_BYTES"]
+__all__ = ["MemoryError_", "PhaseEstimate", "estimate_phases", "check_memory", "RUNTIME_BYTES", "healing_bytes"]
 
 RUNTIME_BYTES = int(1.2e9)
 """Python, torch and transformers themselves (measured ~0.9-1.1 GB RSS after imports on this project)."""
@@ -79,6 +79,48 @@ def _summary_bytes(cfg: PruneConfig, m: int, d: int, self_text: bool) -> int:
     return total
 
 
+def _generation_bytes(c: dict, layers: int, model: int, samples: int, sample_len: int, whole: int) -> int:
+    """Whole model in its dtype, the KV cache of every sample and a few vocabulary-wide rows per sample."""
+    d = int(c.get("hidden_size") or 0)
+    heads = int(c.get("num_attention_heads") or 1)
+    kv = int(c.get("num_key_value_heads") or heads)
+    head_dim = int(c.get("head_dim") or (d // heads if heads else 0))
+    cache = samples * (sample_len + 16) * layers * 2 * kv * head_dim * whole
+    return int(model * 1.05) + cache + samples * int(c.get("vocab_size") or 0) * 4 * 3
+
+
+def healing_bytes(ckpt: Checkpoint, cfg, device: torch.device, kept: float) -> dict[str, int]:
+    """Peak bytes of healing's phases: ``heal-text`` (generation), ``end-to-end`` and ``block``.
+
+    ``kept``: the fraction of FFN neurons the plan keeps (``1 - ratio`` before there is a plan).
+    End-to-end holds the pruned model in fp32, gradients, two AdamW moments and a best copy of the FFN
+    tensors it trains, the dense head, every row's final hidden state and one batch's activations and
+    vocabulary-wide logits; block mode holds one dense layer and its pruned copy (plus the same four
+    copies of its FFN), three hidden-state streams and one row's activations."""
+    spec = get_arch_spec(ckpt.config.get("model_type"))
+    c = ckpt.config
+    d, vocab, n_layers = int(c.get("hidden_size") or 0), int(c.get("vocab_size") or 0), spec.num_layers(c)
+    compute = torch.finfo(layer_dtype(ckpt.dtype, device)).bits // 8
+    whole = torch.finfo(model_dtype(ckpt.dtype, device)).bits // 8
+    per_layer, rest, _ = _sizes(ckpt, spec, compute)
+    per_layer_fp32 = per_layer * 4 // compute
+    ffn_full = 3 * spec.width(c) * d * 4
+    ffn_after = int(n_layers * ffn_full * kept)
+    model_fp32 = (rest + n_layers * per_layer) * 4 // compute - n_layers * ffn_full + ffn_after
+    rows = cfg.samples + 4
+    tokens = cfg.batch * cfg.sample_len
+    m = spec.width(c)
+    activations = tokens * n_layers * (12 * d + 4 * m) * 4 + tokens * vocab * 4 * 5
+    streams = 3 * rows * cfg.sample_len * d * compute
+    return {
+        "heal-text": _generation_bytes(c, n_layers, (rest + n_layers * per_layer) * whole // compute, cfg.samples,
+                                       cfg.sample_len, whole),
+        "end-to-end": model_fp32 + 4 * ffn_after + rest + rows * cfg.sample_len * d * compute + activations,
+        "block": rest + 2 * per_layer_fp32 + 4 * ffn_full + streams + cfg.sample_len * (12 * d + 4 * m) * 4 * 2
+                 + cfg.sample_len * vocab * 4 * 4,
+    }
+
+
 def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, device: torch.device,
                     planning: bool = True) -> list[PhaseEstimate]:
     """Peak bytes per phase; ``planning=False`` for a saved ``--plan`` (no self-text, no capture)."""
@@ -101,12 +143,7 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
     phases = []
     if self_text:
         samples = -(-tokens // SELF_TEXT_SAMPLE)
-        heads = int(c.get("num_attention_heads") or 1)
-        kv = int(c.get("num_key_value_heads") or heads)
-        head_dim = int(c.get("head_dim") or (d // heads if heads else 0))
-        cache = samples * (SELF_TEXT_SAMPLE + 16) * n_layers * 2 * kv * head_dim * whole
-        logits = samples * vocab * 4 * 3
-        phases.append(PhaseEstimate("self-text", int(model * 1.05) + cache + logits,
+        phases.append(PhaseEstimate("self-text", _generation_bytes(c, n_layers, model, samples, SELF_TEXT_SAMPLE, whole),
                                     "use --self-data 0 (weights only), or a --device with more memory"))
     if planning:
         phases.append(PhaseEstimate("capture" if self_text else "read", streamed + summaries,
@@ -121,7 +158,7 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
 
 
 def check_memory(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, device: torch.device,
-                 planning: bool = True) -> list[PhaseEstimate]:
+                 planning: bool = True, heal=None) -> list[PhaseEstimate]:
     """Raise :class:`MemoryError_` (one line: need, available, what to change) when a phase cannot fit.
 
     On CUDA, self-text generation may offload layers to host memory (accelerate), so it is checked
@@ -129,6 +166,12 @@ def check_memory(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, device: 
     device_free = available_bytes(device)
     host_free = available_bytes(torch.device("cpu")) if device.type == "cuda" else 0
     phases = estimate_phases(ckpt, cfg, evaluate=evaluate, device=device, planning=planning)
+    if heal is not None:  # a HealConfig: its text generation, and the cheaper mode it may pick
+        need = healing_bytes(ckpt, heal, device, 1 - cfg.ratio)
+        modes = ["end-to-end", "block"] if heal.mode == "auto" else [heal.mode]
+        phases += [PhaseEstimate("heal-text", need["heal-text"], "lower --heal-tokens, or use --no-heal"),
+                   PhaseEstimate("heal", min(need[m] for m in modes),
+                                 "use --heal-mode block, lower --heal-batch, or --no-heal")]
     for phase in phases:
         available = device_free + (host_free if phase.name == "self-text" else 0)
         need = phase.need + (RUNTIME_BYTES if device.type == "cpu" else 0)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from plans import outlier_plan
-from tiny_models import TINY_CONFIGS
+from tiny_models import SENTENCE, TINY_CONFIGS, with_tokenizer
 from transformers import AutoModelForCausalLM
 
 from exporters import ExportConfig, export_hf
@@ -327,25 +327,6 @@ def test_sharded_export_streams_into_several_files_and_reloads(tiny_models, tmp_
                        _logits(reference))
 
 
-SENTENCE = "The old library stood at the corner of two quiet streets, and the librarian unlocked its door at nine."
-
-
-def _with_tokenizer(model_dir: Path, dst: Path) -> Path:
-    """A copy of ``model_dir`` with a small byte-level BPE tokenizer saved by transformers 5 (TokenizersBackend)."""
-    import shutil
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    shutil.copytree(model_dir, dst)
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([SENTENCE] * 4, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(dst)
-    assert json.loads((dst / "tokenizer_config.json").read_text())["tokenizer_class"] == "TokenizersBackend"
-    return dst
 
 
 def test_exported_tokenizer_loads_in_transformers_4_and_5(tiny_models, tmp_path):
@@ -356,7 +337,7 @@ def test_exported_tokenizer_loads_in_transformers_4_and_5(tiny_models, tmp_path)
     from exporters.hf import write_hf_checkpoint
     from exporters.onnx.export import _copy_side_files
 
-    src = _with_tokenizer(tiny_models["llama"], tmp_path / "src")
+    src = with_tokenizer(tiny_models["llama"], tmp_path / "src")
     out = tmp_path / "hf"
     write_hf_checkpoint(src, outlier_plan(src, ratio=0.4, align=16), out)
     onnx_side = tmp_path / "onnx"

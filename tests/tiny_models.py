@@ -42,3 +42,25 @@ def make_tiny_model(model_type: str, path: Path, seed: int = 0) -> Path:
             p.add_(torch.randn_like(p) * 0.02)
     model.eval().save_pretrained(path)
     return path
+
+
+SENTENCE = "The old library stood at the corner of two quiet streets, and the librarian unlocked its door at nine."
+
+
+def with_tokenizer(model_dir: Path, dst: Path) -> Path:
+    """A copy of ``model_dir`` with a small byte-level BPE tokenizer saved by transformers 5 (TokenizersBackend)."""
+    import json
+    import shutil
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    shutil.copytree(model_dir, dst)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([SENTENCE] * 4, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(dst)
+    assert json.loads((dst / "tokenizer_config.json").read_text())["tokenizer_class"] == "TokenizersBackend"
+    return dst

@@ -17,6 +17,7 @@ import torch
 
 from prunenet.arch import get_arch_spec
 from prunenet.errors import ExportValidationError
+from prunenet.healing.weights import HealedWeights
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_layer_plan_
 from prunenet.source.layerwise import LayerwiseModel
@@ -25,11 +26,13 @@ __all__ = ["validate_hf_export"]
 
 
 def validate_hf_export(source: Path, out: Path, plan: PruningPlan, *, dtype: torch.dtype | None = None,
-                       device: str | torch.device = "cpu", seq_len: int = 16) -> float:
+                       device: str | torch.device = "cpu", seq_len: int = 16,
+                       healed: HealedWeights | None = None) -> float:
     """Max |logit difference| between the export and the pruned source; raises if too large.
 
     ``dtype``: the dtype the export was written in (the reference is rounded to it); both sides then
-    compute in fp32, so the comparison is as tight as the family's ``ArchSpec.atol``.
+    compute in fp32, so the comparison is as tight as the family's ``ArchSpec.atol``. ``healed``: the
+    healed tensors the export was written with (the reference takes them in place of the sliced ones).
     """
     spec = get_arch_spec(plan.model_type)
     reference = LayerwiseModel(source, device=device, dtype=torch.float32, round_to=dtype)
@@ -40,7 +43,10 @@ def validate_hf_export(source: Path, out: Path, plan: PruningPlan, *, dtype: tor
     h_exp, kw_exp = exported.prepare([ids])
     for i in range(reference.num_layers):
         with reference.layer(i) as module:
-            h_ref = reference.forward_layer(apply_layer_plan_(module, spec, plan.layers[i]), i, h_ref, kw_ref)
+            module = apply_layer_plan_(module, spec, plan.layers[i])
+            if healed is not None:
+                healed.assign_(module, f"{spec.layers_prefix}.{i}.", round_to=dtype)
+            h_ref = reference.forward_layer(module, i, h_ref, kw_ref)
         with exported.layer(i) as module:
             h_exp = exported.forward_layer(module, i, h_exp, kw_exp)
     expected = reference.logits(ids, h_ref[0])

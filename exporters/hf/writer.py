@@ -19,6 +19,7 @@ from exporters.hf.shards import TensorSpec, plan_shards, write_shard
 from exporters.hf.side_files import copy_side_files
 from prunenet.arch import MODELING_FILE, get_arch_spec
 from prunenet.errors import PlanMismatch, PruneNetError
+from prunenet.healing.weights import HealedWeights
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import layer_tensor_roles, pad_tensor, slice_tensor
 from prunenet.progress import track
@@ -36,11 +37,12 @@ _TEMPLATE = Path(__file__).parent / "templates" / MODELING_FILE
 
 def write_hf_checkpoint(
     source: Path, plan: PruningPlan, out: Path, *, compat: str = "native", max_shard_bytes: int = 2 << 30,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None, healed: HealedWeights | None = None,
 ) -> dict:
     """Write the pruned checkpoint into the (staging) directory ``out``; returns the new config.
 
-    ``dtype`` casts every floating tensor (None keeps the source's); config.json records it."""
+    ``dtype`` casts every floating tensor (None keeps the source's); config.json records it. ``healed``
+    tensors are written instead of the sliced source tensors of the same names."""
     ckpt = Checkpoint(source)
     spec = get_arch_spec(ckpt.config.get("model_type"))
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,9 @@ def write_hf_checkpoint(
         if role is not None:
             layer, suffix = role
             lp = plan.layers[layer]
-            if lp.width != lp.original_width:
+            if healed is not None and name in healed and tensor.device.type != "meta":
+                tensor = healed.get(name).to(dtype or tensor.dtype)  # already at the pruned width
+            elif lp.width != lp.original_width:
                 tensor = slice_tensor(spec, suffix, tensor, lp.kept)
             if compat == "padded":
                 tensor = pad_tensor(spec, suffix, tensor, target)

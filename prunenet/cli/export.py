@@ -44,28 +44,45 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
               help="dtype of the written weights (auto: the source's; bfloat16 for a source dequantized from GGUF).")
 @click.option("--compat", type=click.Choice(["native", "padded"]), default="native", show_default=True,
               help="padded: zero-pad every layer to the widest (stock architecture).")
+@click.option("--heal/--no-heal", default=False, show_default=True,
+              help="Distil the pruned FFNs toward the dense model on text the model writes itself (no user data).")
+@click.option("--heal-tokens", type=click.IntRange(min=1), default=16384, show_default=True,
+              help="Self-text tokens generated for healing (1/8 held out for early stopping).")
+@click.option("--heal-steps", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Most optimizer steps (per block with --heal-mode block); early stopping may end sooner.")
+@click.option("--heal-lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
+@click.option("--heal-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Self-text sequences per healing step.")
+@click.option("--heal-mode", type=click.Choice(["auto", "end-to-end", "block"]), default="auto", show_default=True,
+              help="end-to-end distils logits (needs the pruned model and its optimizer state on the device); "
+                   "block heals one decoder block at a time; auto picks end-to-end when it fits.")
 @click.option("--no-eval", is_flag=True, help="Skip the quality report.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result on stdout.")
 @verbosity_options
 @handle_errors
 def command(model, ratio, target, out, method, allocation, align, tp, episodes, lr, seed, device, policy,
-            plan_file, self_data, dtype, compat, no_eval, force, as_json, quiet, verbose) -> None:
+            plan_file, self_data, dtype, compat, heal, heal_tokens, heal_steps, heal_lr, heal_batch, heal_mode, no_eval,
+            force, as_json, quiet, verbose) -> None:
     """Prune FFN neurons with PruneNet (no calibration data) and export the model.
 
     \b
     Example:
       prunenet-export --ratio 0.3 --target vllm --out out && prunenet serve out   # or: vllm serve ./out (CUDA vLLM)
       prunenet-export --model ./my-llama --ratio 0.2 --policy out/prunenet-policy.safetensors --out out-0.2
+      prunenet-export --ratio 0.3 --heal --heal-tokens 16384 --heal-steps 300 --out out-healed
     """
     setup_output(quiet, verbose, as_json)
+    from prunenet.healing.config import HealConfig
     from prunenet.jobs.export_job import ExportRequest, run_export
     from prunenet.planning.planner import PruneConfig
 
     cfg = PruneConfig(ratio=ratio, method=method, allocation=allocation, align=align, tp=tuple(tp),
                       episodes=episodes, lr=lr, seed=seed, device=device, policy=policy, self_data=self_data)
     request = ExportRequest(model=model, out=out, target=target, compat=compat, evaluate=not no_eval, force=force,
-                            plan=plan_file, dtype=dtype)
+                            plan=plan_file, dtype=dtype,
+                            heal=HealConfig(tokens=heal_tokens, steps=heal_steps, lr=heal_lr, batch=heal_batch,
+                                            mode=heal_mode, seed=seed) if heal else None)
     result = run_export(request, cfg)
     if as_json:
         emit_json(result)
@@ -96,6 +113,12 @@ def _report(result: dict) -> None:
     if q:
         console.print(f"quality: perplexity {q['dense_ppl']:.2f} -> {q['pruned_ppl']:.2f} "
                       f"(x{q['ppl_ratio']:.2f}), KL {q['kl']:.4f}, top-1 agreement {q['top1_agreement']:.3f}")
+    h = result.get("healing")
+    if h:
+        ref = (f", reference text KL {h['reference_before']['kl']:.4f} -> {h['reference_after']['kl']:.4f}"
+               if h.get("reference_after") else "")
+        console.print(f"healed ({h['mode']}, {h['steps']} steps, {h['seconds']:.0f} s): held-out self-text KL "
+                      f"{h['held_out_before']['kl']:.4f} -> {h['held_out_after']['kl']:.4f}{ref}")
     if result["export"].get("vllm"):
         console.print(f"vLLM resolves the directory to {result['export']['vllm']} (serve: prunenet serve {result['out']})")
     if result.get("phases"):

@@ -7,7 +7,8 @@ writes it, ``serving`` checks the result), so the algorithm never imports an exp
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ class ExportRequest:
     """A saved plan to rebuild instead of making one."""
     dtype: str = "auto"
     """dtype of the written weights: auto (the source's; bfloat16 for a GGUF-dequantized source) or a name."""
+    heal: Any = None
+    """A :class:`~prunenet.healing.config.HealConfig` to heal the pruned model with; None: no healing."""
 
 
 def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
@@ -50,18 +53,24 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     check_output_dir(req.out, force=req.force, source=source.path)  # fail before any training
     device = resolve_device(cfg.device)
     check_memory(Checkpoint(source.path), cfg, evaluate=req.evaluate and req.target != "onnx", device=device,
-                 planning=req.plan is None)  # before any long step: refuse what cannot fit, write nothing
+                 planning=req.plan is None, heal=req.heal)  # before any long step: refuse what cannot fit, write nothing
     phases = PhaseLog()
     result = (_saved_plan(req.plan, source.path) if req.plan
               else make_plan(source.path, cfg, source_name=source.name, phases=phases))
-    plan = result.plan
+    plan = replace(result.plan, extra={k: v for k, v in result.plan.extra.items() if k != "healing"})
     stats = parameter_stats(source.path, plan)
     warnings: list[str] = []
     with staged_output(req.out, force=req.force, source=source.path) as stage:
+        healed_dir = None
+        if req.heal is not None:
+            healing = _heal(source.path, plan, req, device, stage / ".prunenet-healed", phases)
+            plan, healed_dir = replace(plan, extra={**plan.extra, "healing": healing.record()}), healing.weights.root
         export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=str(device),
-                                  dtype=_output_dtype(req.dtype, source))
+                                  dtype=_output_dtype(req.dtype, source), healed=healed_dir)
         with phases.phase("write", device):
             report = EXPORTERS[req.target](source.path, plan, stage, export_cfg)
+        if healed_dir is not None:
+            shutil.rmtree(healed_dir)  # now inside the written weights; the output holds no adapter files
         if result.policy is not None and cfg.policy is None:
             save_policy(result.policy, stage / POLICY_FILE, result.policy_metadata)
             if result.self_text is not None:
@@ -84,8 +93,25 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         "ratio": plan.ratio, "achieved_ratio": plan.removed_fraction, "allocation": plan.allocation,
         "widths": plan.widths, "stats": stats, "export": report, "quality": quality, "warnings": warnings,
         "policy_fingerprint": plan.policy_fingerprint, "source_fingerprint": plan.source_fingerprint,
-        "phases": phases.to_list(),
+        "phases": phases.to_list(), "healing": plan.extra.get("healing"),
     }
+
+
+def _heal(source: Path, plan, req: ExportRequest, device, workdir: Path, phases):
+    """Heal in the staging directory; before/after quality on the evaluation text when there is a report."""
+    from prunenet.healing.heal import heal_plan
+
+    reference = None
+    if req.evaluate and req.target != "onnx":
+        from prunenet.evaluation.windows import DEFAULT_SEQ_LEN, token_windows
+        from prunenet.source.checkpoint import Checkpoint
+        from prunenet.source.loaders import load_tokenizer
+        from prunenet.texts import reference_text
+
+        context = int(Checkpoint(source).config.get("max_position_embeddings") or DEFAULT_SEQ_LEN)
+        windows = token_windows(load_tokenizer(source), reference_text("default"), min(DEFAULT_SEQ_LEN, context), 8192)
+        reference = [w.reshape(1, -1) for w in windows]
+    return heal_plan(source, plan, req.heal, device=device, workdir=workdir, reference=reference, phases=phases)
 
 
 def _output_dtype(requested: str, source) -> str:

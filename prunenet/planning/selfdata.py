@@ -39,7 +39,8 @@ def generate_self_text(model, tokenizer, tokens: int, seed: int = 0, sample_len:
     return [torch.tensor([prefix + tokenizer(t, add_special_tokens=False)["input_ids"]]) for t in texts]
 
 
-def self_text_ids(source: Path, tokens: int, seed: int, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+def self_text_ids(source: Path, tokens: int, seed: int, device: torch.device, dtype: torch.dtype,
+                  sample_len: int = SAMPLE_LEN) -> list[torch.Tensor]:
     """Load the dense model on ``device`` in ``dtype``, sample the self-text, free the model."""
     from prunenet.source.checkpoint import Checkpoint
     from prunenet.source.loaders import load_causal_lm, load_tokenizer
@@ -52,7 +53,7 @@ def self_text_ids(source: Path, tokens: int, seed: int, device: torch.device, dt
             kwargs = {"device_map": "auto", "max_memory": {device.index or 0: int(0.85 * free), "cpu": "1000GiB"}}
     model = load_causal_lm(source, dtype=dtype, device=None if kwargs else device, check=False, **kwargs)
     try:
-        return generate_self_text(model, load_tokenizer(source), tokens, seed=seed)
+        return generate_self_text(model, load_tokenizer(source), tokens, seed=seed, sample_len=sample_len)
     finally:
         del model
         gc.collect()

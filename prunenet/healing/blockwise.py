@@ -1,0 +1,108 @@
+"""Block-by-block healing: each pruned decoder block learns the dense block's outputs, one block resident.
+
+For models whose pruned copy and optimizer state do not fit the device. Three streams of hidden states
+travel through the layers: the dense trajectory (the targets), the healed one (the inputs each block
+trains on, so later blocks learn to correct what earlier ones could not) and the unhealed pruned one
+(only for the held-out and reference rows, to report "before"). Each block is trained on the mean
+squared error between its output and the dense block's, stopped on the held-out rows, then the healed
+stream is propagated through it and its FFN tensors are stored. Memory: one dense layer, its pruned
+copy, and the three streams.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from prunenet.device import layer_dtype
+from prunenet.healing.config import HealConfig
+from prunenet.healing.data import HealingText
+from prunenet.healing.loop import autocast, fit
+from prunenet.healing.measure import row_quality
+from prunenet.healing.outcome import HealOutcome
+from prunenet.healing.weights import HealedWeights, ffn_parameters
+from prunenet.planning.plan import PruningPlan
+from prunenet.planning.surgery import apply_layer_plan_
+from prunenet.progress import status, track
+from prunenet.source.checkpoint import Checkpoint
+from prunenet.source.layerwise import LayerwiseModel
+
+__all__ = ["heal_blockwise"]
+
+
+def heal_blockwise(source: Path, plan: PruningPlan, text: HealingText, cfg: HealConfig, *,
+                   device: torch.device, weights: HealedWeights,
+                   reference: list[torch.Tensor] | None = None) -> HealOutcome:
+    """Heal ``plan``'s pruned blocks one at a time; same inputs, outputs and record as end-to-end mode."""
+    start = time.perf_counter()
+    reference = reference or []
+    n_train, n_held = len(text.train), len(text.held_out)
+    rows = text.train + text.held_out + reference
+    lm = LayerwiseModel(source, device=device, dtype=layer_dtype(Checkpoint(source).dtype, device))
+    with status("Preparing the block-by-block pass"):
+        dense, kwargs = lm.prepare(rows)
+    healed = list(dense)
+    unhealed = list(dense[n_train:])  # held-out and reference rows only
+    g = torch.Generator().manual_seed(cfg.seed)
+    steps = n_tensors = 0
+    history: list[dict] = []
+    for i in track(range(lm.num_layers), "Healing block by block", total=lm.num_layers):
+        lp = plan.layers[i]
+        with lm.layer(i) as module:
+            targets = lm.forward_layer(module, i, dense, kwargs)
+            if lp.width == lp.original_width:
+                healed = lm.forward_layer(module, i, healed, kwargs)
+                unhealed = lm.forward_layer(module, i, unhealed, kwargs[n_train:])
+                dense = targets
+                continue
+            block = apply_layer_plan_(copy.deepcopy(module), lm.spec, lp)
+        unhealed = lm.forward_layer(block, i, unhealed, kwargs[n_train:])
+        prefix = f"{lm.spec.layers_prefix}.{i}."
+        params = ffn_parameters(block, lm.spec, prefix)
+        originals = {n: p.dtype for n, p in params.items()}
+        for p in block.parameters():
+            p.requires_grad_(False)
+        for p in params.values():
+            p.data = p.data.float()  # fp32 master weights whatever the compute dtype
+            p.requires_grad_(True)
+
+        def out(r: int, block=block, i=i, healed=healed) -> torch.Tensor:
+            return lm.run_layer(block, healed[r], kwargs[r][i]).float()
+
+        def batch_loss(idx: list[int], out=out, targets=targets) -> torch.Tensor:
+            return sum(torch.nn.functional.mse_loss(out(r), targets[r].float()) for r in idx) / len(idx)
+
+        def held_loss(out=out, targets=targets) -> float:
+            with torch.no_grad():
+                return sum(float(torch.nn.functional.mse_loss(out(r), targets[r].float()))
+                           for r in range(n_train, n_train + n_held)) / n_held
+
+        with autocast(device, lm.dtype):
+            result = fit(list(params.values()), batch_loss, held_loss, n_train, cfg, f"Healing block {i}", g)
+        steps += result.steps
+        history.append({"layer": i, "steps": result.steps, "held_out_before": result.initial,
+                        "held_out_after": result.best})
+        for name, p in params.items():
+            p.requires_grad_(False)
+            p.data = p.data.to(originals[name])
+        healed = lm.forward_layer(block, i, healed, kwargs)
+        weights.save_layer(i, params)
+        n_tensors += len(params)
+        dense = targets
+        del block, params
+
+    def quality(sub: list[torch.Tensor], at: int, stream: list[torch.Tensor], base: int) -> dict:
+        return row_quality(sub, lambda r: lm.logits(rows[at + r], dense[at + r]),
+                           lambda r: lm.logits(rows[at + r], stream[at - base + r]))
+
+    outcome = HealOutcome(
+        "block", text.tokens,
+        held_out_before=quality(text.held_out, n_train, unhealed, n_train),
+        held_out_after=quality(text.held_out, n_train, healed, 0),
+        reference_before=quality(reference, n_train + n_held, unhealed, n_train) if reference else None,
+        reference_after=quality(reference, n_train + n_held, healed, 0) if reference else None,
+        steps=steps, healed_tensors=n_tensors, seconds=time.perf_counter() - start, history=history)
+    return outcome

@@ -1,0 +1,99 @@
+"""End-to-end healing: distil the whole pruned model's next-token distribution toward the dense one's.
+
+The loss is KL(dense || pruned) per position on self-text, and only the FFN tensors pruning sliced are
+trained (fp32 master weights), so the result is a plain checkpoint at the same widths. The dense model
+is never held whole: one layer-by-layer pass (:class:`~prunenet.source.layerwise.LayerwiseModel`)
+records its final hidden states for every row, and its logits are replayed from them through the head
+on demand, which costs a head, not a model, per step.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from prunenet.device import layer_dtype
+from prunenet.healing.config import HealConfig
+from prunenet.healing.data import HealingText
+from prunenet.healing.loop import autocast, fit
+from prunenet.healing.measure import kl_loss, row_quality
+from prunenet.healing.outcome import HealOutcome
+from prunenet.healing.weights import HealedWeights, ffn_parameters
+from prunenet.planning.plan import PruningPlan
+from prunenet.planning.surgery import apply_plan_
+from prunenet.progress import status, track
+from prunenet.source.checkpoint import Checkpoint
+from prunenet.source.layerwise import LayerwiseModel
+
+__all__ = ["heal_end_to_end", "dense_final_hidden"]
+
+
+def dense_final_hidden(lm: LayerwiseModel, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Hidden states leaving the dense model's last layer for each row (one layer resident)."""
+    with status("Preparing the dense pass"):
+        hidden, kwargs = lm.prepare(rows)
+    for i in track(range(lm.num_layers), "Dense pass over the healing text", total=lm.num_layers):
+        with lm.layer(i) as module:
+            hidden = lm.forward_layer(module, i, hidden, kwargs)
+    return hidden
+
+
+def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: HealConfig, *,
+                    device: torch.device, weights: HealedWeights,
+                    reference: list[torch.Tensor] | None = None) -> HealOutcome:
+    """Heal the pruned model of ``plan`` in memory and store its healed FFN tensors in ``weights``."""
+    from prunenet.source.loaders import load_causal_lm
+
+    start = time.perf_counter()
+    reference = reference or []
+    rows = text.train + text.held_out + reference
+    teacher = LayerwiseModel(source, device=device, dtype=layer_dtype(Checkpoint(source).dtype, device))
+    finals = dense_final_hidden(teacher, rows)
+    train_h, held_h = finals[: len(text.train)], finals[len(text.train): len(text.train) + len(text.held_out)]
+    ref_h = finals[len(text.train) + len(text.held_out):]
+
+    with status("Loading the pruned model for healing"):
+        student = apply_plan_(load_causal_lm(source, dtype=torch.float32, device=device), plan).eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    spec = teacher.spec
+    layers = student.get_submodule(spec.layers_prefix)
+    trained: dict[str, torch.nn.Parameter] = {}
+    for i, lp in enumerate(plan.layers):
+        if lp.width != lp.original_width:
+            trained.update(ffn_parameters(layers[i], spec, f"{spec.layers_prefix}.{i}."))
+    for p in trained.values():
+        p.requires_grad_(True)
+
+    def teacher_logits(ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return teacher.logits(ids, hidden).float()
+
+    def student_logits(ids: torch.Tensor) -> torch.Tensor:
+        return student(input_ids=ids.to(device), use_cache=False).logits
+
+    def quality(rows_: list[torch.Tensor], hidden: list[torch.Tensor]) -> dict:
+        return row_quality(rows_, lambda i: teacher_logits(rows_[i], hidden[i]), lambda i: student_logits(rows_[i]))
+
+    def batch_loss(idx: list[int]) -> torch.Tensor:
+        ids = torch.cat([text.train[i] for i in idx])
+        with torch.no_grad():
+            target = teacher_logits(ids, torch.cat([train_h[i] for i in idx]))
+        return kl_loss(target, student_logits(ids))
+
+    held_before = quality(text.held_out, held_h)
+    ref_before = quality(reference, ref_h) if reference else None
+    with autocast(device, teacher.dtype):
+        result = fit(list(trained.values()), batch_loss, lambda: quality(text.held_out, held_h)["kl"],
+                     len(text.train), cfg, "Healing (end to end)", torch.Generator().manual_seed(cfg.seed))
+    for p in trained.values():
+        p.requires_grad_(False)
+    held_after = quality(text.held_out, held_h)
+    ref_after = quality(reference, ref_h) if reference else None
+    for i in range(len(plan.layers)):
+        prefix = f"{spec.layers_prefix}.{i}."
+        weights.save_layer(i, {n: p for n, p in trained.items() if n.startswith(prefix)})
+    return HealOutcome("end-to-end", text.tokens, held_before, held_after, ref_before, ref_after,
+                       steps=result.steps, healed_tensors=len(trained), seconds=time.perf_counter() - start,
+                       history=result.history)

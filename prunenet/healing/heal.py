@@ -1,0 +1,82 @@
+"""Data-free healing, the entry point: self-text -> the pruned model distilled toward the dense one.
+
+After the plan is fixed, the pruned model is trained to match the dense model on text the dense model
+wrote itself (never user data, never the evaluation text), touching only the FFN tensors pruning
+sliced. The result is a directory of healed tensors (:class:`HealedWeights`) that every exporter reads
+instead of the sliced source tensors, so widths, configs, the vLLM plugin and the modeling file are
+unchanged. ``end-to-end`` distils logits and wins where it fits; ``block`` keeps one block resident.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prunenet.device import model_dtype
+from prunenet.errors import PruneNetError
+from prunenet.healing.config import HealConfig
+from prunenet.healing.data import HealingText, healing_text
+from prunenet.healing.outcome import HealOutcome
+from prunenet.healing.weights import HealedWeights
+from prunenet.phases import PhaseLog
+from prunenet.planning.plan import PruningPlan
+from prunenet.source.checkpoint import Checkpoint
+
+__all__ = ["HealResult", "heal_plan", "choose_mode"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HealResult:
+    outcome: HealOutcome
+    weights: HealedWeights
+    config: HealConfig
+
+    def record(self) -> dict:
+        """What the plan file and the model card keep: the settings and the quality before and after."""
+        o = self.outcome.to_dict()
+        o.pop("history")
+        return {"settings": self.config.to_dict(), **o}
+
+
+def choose_mode(ckpt: Checkpoint, plan: PruningPlan, cfg: HealConfig, device: torch.device) -> str:
+    """``cfg.mode``, with ``auto`` resolved: end-to-end when its estimate fits the device, else block."""
+    from prunenet.device import available_bytes
+    from prunenet.preflight import RUNTIME_BYTES, healing_bytes
+
+    if cfg.mode != "auto":
+        return cfg.mode
+    kept = sum(plan.widths) / max(sum(plan.original_widths), 1)
+    need = healing_bytes(ckpt, cfg, device, kept)["end-to-end"] + (RUNTIME_BYTES if device.type == "cpu" else 0)
+    return "end-to-end" if need <= available_bytes(device) else "block"
+
+
+def heal_plan(source: Path, plan: PruningPlan, cfg: HealConfig, *, device: torch.device, workdir: Path,
+              reference: list[torch.Tensor] | None = None, phases: PhaseLog | None = None,
+              text: HealingText | None = None) -> HealResult:
+    """Heal the pruned model of ``plan``; its healed tensors go to ``workdir`` (inside the staged output).
+
+    ``reference``: id rows to report before/after quality on (the evaluation text); never trained on.
+    """
+    from prunenet.healing.blockwise import heal_blockwise
+    from prunenet.healing.end_to_end import heal_end_to_end
+
+    phases = phases or PhaseLog()
+    ckpt = Checkpoint(source)
+    if all(lp.width == lp.original_width for lp in plan.layers):
+        raise PruneNetError("--heal: the plan prunes nothing, so there is nothing to heal")
+    mode = choose_mode(ckpt, plan, cfg, device)
+    if text is None:
+        with phases.phase("heal-text", device):
+            text = healing_text(source, cfg, device, model_dtype(ckpt.dtype, device))
+    weights = HealedWeights(workdir)
+    run = heal_end_to_end if mode == "end-to-end" else heal_blockwise
+    with phases.phase("heal", device):
+        outcome = run(source, plan, text, cfg, device=device, weights=weights, reference=reference)
+    log.info("healed %d tensors (%s): held-out self-text KL %.4f -> %.4f", outcome.healed_tensors, mode,
+             outcome.held_out_before["kl"], outcome.held_out_after["kl"])
+    return HealResult(outcome, weights, cfg)

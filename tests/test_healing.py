@@ -1,0 +1,166 @@
+"""Data-free healing: held-out loss never rises, the export carries the healed weights, both modes agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from plans import outlier_plan
+from tiny_models import with_tokenizer
+from transformers import AutoModelForCausalLM
+
+from exporters import ExportConfig, export_hf
+from prunenet.cli import main
+from prunenet.healing.blockwise import heal_blockwise
+from prunenet.healing.config import HealConfig
+from prunenet.healing.data import split_rows
+from prunenet.healing.end_to_end import heal_end_to_end
+from prunenet.healing.measure import row_quality
+from prunenet.healing.weights import HealedWeights
+from prunenet.planning.plan import PruningPlan
+from prunenet.planning.surgery import apply_plan_
+
+CPU = torch.device("cpu")
+MODES = {"end-to-end": heal_end_to_end, "block": heal_blockwise}
+
+
+def _text(cfg: HealConfig, n: int = 24, length: int = 33, vocab: int = 500):
+    g = torch.Generator().manual_seed(1)
+    return split_rows([torch.randint(0, vocab, (1, length), generator=g) for _ in range(n)], cfg)
+
+
+def _cfg(**kw) -> HealConfig:
+    return HealConfig(**{"tokens": 24 * 32, "sample_len": 32, "steps": 30, "eval_every": 10, "lr": 1e-3, **kw})
+
+
+def _heal(src: Path, mode: str, out: Path, cfg: HealConfig, plan=None):
+    plan = plan or outlier_plan(src)
+    return plan, MODES[mode](src, plan, _text(cfg), cfg, device=CPU, weights=HealedWeights(out))
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_held_out_loss_falls_and_never_rises(tiny_models, tmp_path, mode):
+    _, good = _heal(tiny_models["llama"], mode, tmp_path / "good", _cfg())
+    assert good.held_out_after["kl"] < good.held_out_before["kl"]
+    # a learning rate that wrecks every step: the early stop keeps the unhealed weights, so nothing gets worse
+    _, bad = _heal(tiny_models["llama"], mode, tmp_path / "bad", _cfg(lr=5.0, patience=1))
+    assert bad.held_out_after["kl"] <= bad.held_out_before["kl"] + 1e-6
+    if mode == "block":  # the loss block mode optimises is each block's held-out MSE
+        assert all(h["held_out_after"] <= h["held_out_before"] for h in good.history + bad.history)
+
+
+def test_block_mode_has_end_to_end_interface(tiny_models, tmp_path):
+    cfg = _cfg()
+    _, e2e = _heal(tiny_models["llama"], "end-to-end", tmp_path / "e2e", cfg)
+    _, blk = _heal(tiny_models["llama"], "block", tmp_path / "blk", cfg)
+    assert e2e.to_dict().keys() == blk.to_dict().keys()
+    assert (e2e.mode, blk.mode) == ("end-to-end", "block")
+    assert e2e.held_out_before == blk.held_out_before  # the same unhealed model, measured the same way
+    a, b = HealedWeights(tmp_path / "e2e"), HealedWeights(tmp_path / "blk")
+    assert a.names() == b.names() and len(a) == e2e.healed_tensors == blk.healed_tensors > 0
+    assert all(a.get(n).shape == b.get(n).shape for n in a.names())
+
+
+def test_healing_is_deterministic_on_cpu(tiny_models, tmp_path):
+    _heal(tiny_models["llama"], "end-to-end", tmp_path / "one", _cfg())
+    _heal(tiny_models["llama"], "end-to-end", tmp_path / "two", _cfg())
+    one, two = HealedWeights(tmp_path / "one"), HealedWeights(tmp_path / "two")
+    assert one.names() == two.names()
+    assert all(torch.equal(one.get(n), two.get(n)) for n in one.names())
+
+
+@pytest.mark.parametrize("model_type", ["llama", "phi3", "opt"])
+def test_healed_export_reloads_with_its_widths_and_healed_logits(tiny_models, tmp_path, model_type):
+    """The written directory is the healed model: its held-out KL is the one healing reported."""
+    src = tiny_models[model_type]
+    cfg = _cfg()
+    text = _text(cfg)
+    plan = outlier_plan(src)
+    outcome = heal_end_to_end(src, plan, text, cfg, device=CPU, weights=HealedWeights(tmp_path / "healed"))
+    out = tmp_path / "out"
+    export_hf(src, plan, out, ExportConfig(dtype="float32", healed=tmp_path / "healed"))
+    exported = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    dense = AutoModelForCausalLM.from_pretrained(src).eval()
+    assert PruningPlan.load(out / "prunenet-plan.json").widths == plan.widths
+    with torch.no_grad():
+        q = row_quality(text.held_out, lambda i: dense(text.held_out[i]).logits,
+                        lambda i: exported(text.held_out[i]).logits)
+        sliced = apply_plan_(AutoModelForCausalLM.from_pretrained(src).eval(), plan)
+        changed = (exported(text.held_out[0]).logits - sliced(text.held_out[0]).logits).abs().max()
+    assert q["kl"] == pytest.approx(outcome.held_out_after["kl"], rel=1e-4, abs=1e-7)
+    assert changed > 1e-4  # the healed tensors, not the sliced source ones, were written
+
+
+def _healing_cli(src: Path, out: Path, *extra: str) -> list[str]:
+    return ["export", "--model", str(src), "--ratio", "0.3", "--align", "16", "--episodes", "2", "--self-data", "0",
+            "--heal", "--heal-tokens", "2048", "--heal-steps", "10", "--out", str(out), "--json", *extra]
+
+
+def test_cli_heal_records_healing_in_plan_and_card(tiny_models, tmp_path):
+    src = with_tokenizer(tiny_models["llama"], tmp_path / "src")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, _healing_cli(src, out))
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    healing = result["healing"]
+    assert healing["mode"] == "end-to-end" and healing["settings"]["tokens"] == 2048
+    assert healing["held_out_after"]["kl"] <= healing["held_out_before"]["kl"]
+    assert healing["reference_before"] and healing["reference_after"]
+    assert PruningPlan.load(out / "prunenet-plan.json").extra["healing"] == healing
+    card = (out / "README.md").read_text()
+    assert "## Healing" in card and "held-out self-text" in card and "reference text" in card
+    assert [p.name for p in out.iterdir() if "heal" in p.name] == []  # no adapter or scratch files
+    assert [p["name"] for p in result["phases"]][:2] == ["read", "training"]
+    assert {"heal-text", "heal"} <= {p["name"] for p in result["phases"]}
+
+
+def test_cli_heal_block_mode_and_bad_input(tiny_models, tmp_path):
+    src = with_tokenizer(tiny_models["llama"], tmp_path / "src")
+    r = CliRunner().invoke(main, _healing_cli(src, tmp_path / "blk", "--heal-mode", "block", "--no-eval"))
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["healing"]["mode"] == "block"
+    r = CliRunner().invoke(main, _healing_cli(src, tmp_path / "few", "--heal-tokens", "300"))
+    assert r.exit_code != 0 and "healing needs at least 3" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "few").exists()
+
+
+def test_preflight_refuses_healing_that_cannot_fit(tiny_models, tmp_path, monkeypatch):
+    from prunenet.preflight import RUNTIME_BYTES
+
+    src = with_tokenizer(tiny_models["llama"], tmp_path / "src")
+    monkeypatch.setenv("PRUNENET_MEMORY_BUDGET_GB", f"{(RUNTIME_BYTES + 3e6) / 1e9}")
+    r = CliRunner().invoke(main, _healing_cli(src, tmp_path / "out", "--heal-tokens", "200000", "--no-eval"))
+    assert r.exit_code == 1 and "heal" in r.output and "--no-heal" in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_while_healing_leaves_nothing(tiny_models, tmp_path, sig, code):
+    src = with_tokenizer(tiny_models["llama"], tmp_path / "src")
+    out = tmp_path / "out"
+    args = _healing_cli(src, out, "--heal-steps", "100000", "--no-eval", "-v")[1:]
+    args.remove("--json")
+    proc = subprocess.Popen([sys.executable, "-m", "prunenet.cli.export", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PRUNENET_PROGRESS": "0"})
+    deadline = time.monotonic() + 120
+    seen = b""
+    while b"Healing (end to end): held-out" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+    time.sleep(1.0)  # well inside the step loop
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    err = seen + err
+    assert proc.returncode == code, err.decode()[-800:]
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+    assert b"Traceback" not in err
