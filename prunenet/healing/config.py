@@ -18,18 +18,18 @@ end-to-end when it fits."""
 class HealConfig:
     """Data-free healing: distil the pruned model toward the dense one on text the dense model writes."""
 
-    tokens: int = 16384
+    tokens: int = 12288
     """Self-text tokens generated for healing (training and held-out together)."""
     sample_len: int = 256
     """Tokens per self-text sample (one training sequence)."""
-    steps: int = 300
+    steps: int = 60
     """Most optimizer steps (per block in block mode); early stopping usually ends sooner."""
-    lr: float = 2e-4
+    lr: float = 4e-4
     batch: int = 4
     """Sequences per step."""
     holdout: float = 0.125
     """Fraction of the self-text samples held out for early stopping (at least 2 samples)."""
-    eval_every: int = 25
+    eval_every: int = 10
     patience: int = 3
     """Stop after this many held-out evaluations without improvement; the best weights are kept."""
     mode: str = "auto"
