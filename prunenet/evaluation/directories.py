@@ -11,7 +11,7 @@ from prunenet.evaluation.windows import DEFAULT_SEQ_LEN, token_windows
 from prunenet.planning.plan import PLAN_FILE, PruningPlan
 from prunenet.progress import status
 
-__all__ = ["reference_source", "evaluate_dirs"]
+__all__ = ["reference_source", "evaluate_dirs", "default_seq_len"]
 
 
 def _plan(pruned_dir: Path) -> PruningPlan | None:
@@ -39,6 +39,14 @@ def _resolve_reference(pruned_dir: Path, reference: str | Path | None) -> Path:
         return resolve_model(source).path
     except ModelSourceError as exc:
         raise ModelSourceError(f"{exc} (recorded as the source of {pruned_dir}); pass --reference") from None
+
+
+def default_seq_len(model_dir: Path) -> int:
+    """The report's window length: :data:`DEFAULT_SEQ_LEN`, or the model's context if that is shorter."""
+    from prunenet.source.checkpoint import Checkpoint
+
+    context = Checkpoint(model_dir).config.get("max_position_embeddings") or DEFAULT_SEQ_LEN
+    return min(DEFAULT_SEQ_LEN, int(context))
 
 
 def evaluate_dirs(pruned_dir: str | Path, reference_dir: str | Path | None = None,
@@ -75,8 +83,7 @@ def evaluate_dirs(pruned_dir: str | Path, reference_dir: str | Path | None = Non
     elif text is None:
         text, text_name = reference_text("default"), text_name or "reference (default slice)"
     if seq_len is None:
-        context = Checkpoint(ref_dir).config.get("max_position_embeddings") or DEFAULT_SEQ_LEN
-        seq_len = min(DEFAULT_SEQ_LEN, int(context))
+        seq_len = default_seq_len(ref_dir)
     windows = token_windows(tokenizer, text, seq_len, max_tokens)
     meta = {"text": text_name or "custom", "pruned": str(pruned_dir), "reference": str(ref_dir)}
     plan = _plan(pruned_dir)

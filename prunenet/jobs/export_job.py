@@ -103,13 +103,12 @@ def _heal(source: Path, plan, req: ExportRequest, device, workdir: Path, phases)
 
     reference = None
     if req.evaluate and req.target != "onnx":
-        from prunenet.evaluation.windows import DEFAULT_SEQ_LEN, token_windows
-        from prunenet.source.checkpoint import Checkpoint
+        from prunenet.evaluation.directories import default_seq_len
+        from prunenet.evaluation.windows import token_windows
         from prunenet.source.loaders import load_tokenizer
         from prunenet.texts import reference_text
 
-        context = int(Checkpoint(source).config.get("max_position_embeddings") or DEFAULT_SEQ_LEN)
-        windows = token_windows(load_tokenizer(source), reference_text("default"), min(DEFAULT_SEQ_LEN, context), 8192)
+        windows = token_windows(load_tokenizer(source), reference_text("default"), default_seq_len(source), 8192)
         reference = [w.reshape(1, -1) for w in windows]
     return heal_plan(source, plan, req.heal, device=device, workdir=workdir, reference=reference, phases=phases)
 
