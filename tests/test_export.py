@@ -303,6 +303,30 @@ def test_a_signal_swallowed_by_a_library_still_cancels_the_commit(tmp_path, sig,
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_turned_into_a_library_error_still_exits_as_the_signal(tmp_path, sig, code):
+    """A signal inside safetensors' reader came out as "cannot read tensor ...; the file is corrupt" (exit 1)."""
+    from prunenet.cli.common import handle_errors
+    from prunenet.errors import ModelSourceError
+
+    out = tmp_path / "out"
+
+    @handle_errors
+    def command():
+        with staged_output(out) as tmp:
+            (tmp / "config.json").write_text("{}")
+            try:
+                os.kill(os.getpid(), sig)
+                time.sleep(1)
+            except BaseException as exc:  # what the C extension's wrapper does
+                raise ModelSourceError("model.safetensors: cannot read tensor x; the file is corrupt") from exc
+
+    with pytest.raises(SystemExit) as exit_:
+        command()
+    assert exit_.value.code == code
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_during_onnx_export_leaves_nothing(tiny_models, tmp_path, sig, code):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "prunenet.cli.export", "--model", str(tiny_models["llama"]), "--ratio", "0.3",

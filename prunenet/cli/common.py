@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from prunenet.errors import PruneNetError
-from prunenet.interrupts import Terminated, catching_signals
+from prunenet.interrupts import Terminated, catching_signals, check
 from prunenet.progress import set_enabled
 
 __all__ = ["verbosity_options", "setup_output", "run_cli", "OneLineErrorsGroup", "handle_errors", "emit_json"]
@@ -52,7 +52,13 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             with catching_signals():
-                return fn(*args, **kwargs)
+                try:
+                    return fn(*args, **kwargs)
+                except Exception:
+                    # A signal raised inside a C extension (safetensors, torch) can come out as that
+                    # library's own error ("the file is corrupt"); the signal is the real cause.
+                    check()
+                    raise
         except PruneNetError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
