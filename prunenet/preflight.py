@@ -63,6 +63,16 @@ def _sizes(ckpt: Checkpoint, spec: ArchSpec, compute_bytes: int) -> tuple[int, i
     return per_layer, rest, largest
 
 
+def _two_streams(ckpt: Checkpoint, spec: ArchSpec, compute_bytes: int) -> int:
+    """Two :class:`~prunenet.source.layerwise.LayerwiseModel` s run one after the other per layer (export
+    validation, the quality report): both embeddings and heads, one layer of either at a time, and the
+    stored-dtype copy of that layer's largest tensor while it is cast."""
+    per_layer, rest, _ = _sizes(ckpt, spec, compute_bytes)
+    layer0 = spec.layers_prefix + ".0."
+    largest_in_layer = max((math.prod(s) for n, s in ckpt.shapes().items() if n.startswith(layer0)), default=0)
+    return 2 * rest + per_layer + largest_in_layer * ckpt.dtype.itemsize
+
+
 def _summary_bytes(cfg: PruneConfig, m: int, d: int, self_text: bool) -> int:
     """Bytes kept per layer across the stream (fp32), following :mod:`prunenet.planning.summaries`."""
     method = METHODS[cfg.method]
@@ -138,8 +148,11 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
     tokens = max(cfg.self_data, 1)
     summaries = n_layers * _summary_bytes(cfg, m, d, self_text)
     ffn_fp32 = 3 * m * d * 4
-    rows = min(CAPTURE_ROWS, tokens) if self_text else d
-    streamed = rest + 2 * per_layer + ffn_fp32 + 3 * rows * max(m, d) * 4
+    if self_text:  # one onloaded layer of the model, its FFN read again, the captured rows and activations
+        rows = min(CAPTURE_ROWS, tokens)
+        streamed = rest + 2 * per_layer + ffn_fp32 + 3 * rows * max(m, d) * 4
+    else:  # weights only: one layer's FFN (and its stored-dtype copy while cast), the d x m spike activations
+        streamed = ffn_fp32 + ffn_fp32 // 4 * ckpt.dtype.itemsize + 3 * d * m * 4
     phases = []
     if self_text:
         samples = -(-tokens // SELF_TEXT_SAMPLE)
@@ -149,11 +162,12 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
         phases.append(PhaseEstimate("capture" if self_text else "read", streamed + summaries,
                                     "use --self-data 0 or --method prunenet (compact summaries), or another --device"))
     # the writer holds one tensor at a time; its validation reads the source and the export back, one layer each
-    phases.append(PhaseEstimate("write", max(3 * largest, 2 * (rest + per_layer)), "free memory or use another --device"))
+    two_streams = _two_streams(ckpt, spec, compute)
+    phases.append(PhaseEstimate("write", max(3 * largest, two_streams), "free memory or use another --device"))
     if evaluate:
         hidden = 2 * EVAL_TOKENS * d * compute * 3
         logits = 512 * vocab * 4 * 4
-        phases.append(PhaseEstimate("eval", 2 * (rest + per_layer) + hidden + logits, "use --no-eval"))
+        phases.append(PhaseEstimate("eval", two_streams + hidden + logits, "use --no-eval"))
     return phases
 
 

@@ -225,6 +225,52 @@ def test_gpu_check_script_syntax():
 # ------------------------------------------------------------------------------------------- smoke test
 
 
+def _header_only_checkpoint(shape_name: str, layers: int, out: Path) -> Path:
+    """A real-shape checkpoint whose data section is a hole (sparse file): headers and config, no weights."""
+    import math
+    import struct
+
+    shape = sc.SHAPES[shape_name]
+    out.mkdir()
+    tensors = sc.outer_tensors(shape) + [t for i in range(layers) for t in sc.layer_tensors(shape, i)]
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dims, _ in tensors:
+        n = math.prod(dims) * 2
+        header[name] = {"dtype": "BF16", "shape": list(dims), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(out / "model.safetensors", "wb") as fh:
+        fh.write(struct.pack("<Q", len(blob)) + blob)
+        fh.truncate(8 + len(blob) + offset)
+    sc.write_config(shape, layers, "bfloat16", out)
+    return out
+
+
+# Peak RSS (GiB, /usr/bin/time) per phase of weights-only exports, measured at real shapes (docs/scale.md).
+MEASURED_PEAKS = [("llama2-7b", 8, "read", 1.51), ("llama2-7b", 8, "write", 3.20),
+                  ("llama3-70b", 2, "read", 6.46), ("llama3-70b", 2, "write", 19.97)]
+
+
+@pytest.mark.parametrize("shape, layers, phase, measured", MEASURED_PEAKS)
+def test_preflight_estimate_brackets_the_measured_peak(tmp_path, shape, layers, phase, measured):
+    """Never below what a real run used (nothing the check accepts is OOM-killed), and not so far above
+    that it refuses runs that fit: the 70B-shape write once needed 24.9 GB by the estimate, 21.4 in fact."""
+    import torch
+
+    from prunenet.planning.config import PruneConfig
+    from prunenet.preflight import RUNTIME_BYTES, estimate_phases
+    from prunenet.source.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(_header_only_checkpoint(shape, layers, tmp_path / "ckpt"))
+    phases = estimate_phases(ckpt, PruneConfig(ratio=0.3, self_data=0), evaluate=False, device=torch.device("cpu"))
+    need = {p.name: p.need + RUNTIME_BYTES for p in phases}[phase]
+    assert measured * 2**30 <= need <= 1.6 * measured * 2**30, need / 2**30
+    if shape == "llama3-70b":
+        assert need < 23.0e9  # what a 24 GB machine offers: the run that fits is accepted
+
+
 @pytest.mark.slow
 def test_smoke_2_layer_7b_shape(tmp_path):
     """Build a 2-layer LLaMA-2-7B shape, then prune it weights-only through the benchmark's run path."""
