@@ -1,11 +1,15 @@
 """Engine speed and memory vs the authors' own package (efficient-pruners 0.1.0), same model and settings.
 
 Both prune the default model (SmolLM2-135M) at ratio 0.3 with 20 episodes, each in its own
-subprocess so wall time and peak RSS are measured the same way. The reference is installed with
-``pip install --no-deps`` (plus scipy) into a throwaway directory, never into the project venv; it
-picks the architecture by the substring "llama" in the model path, so it gets a symlink named so.
+subprocess so wall time and peak RSS are measured the same way. The two sides alternate (ours,
+reference, ours, reference, ...) so a machine that gets busier or quieter during the run biases
+neither; the result takes each side's median. Every measurement is printed as it finishes, and a
+failed or stopped run is reported with what was measured before it, not lost. The reference is
+installed with ``pip install --no-deps`` (plus scipy) into a throwaway directory, never into the
+project venv; it picks the architecture by the substring "llama" in the model path, so it gets a
+symlink named so.
 
-    python examples/reference_speed.py [--episodes 20] [--ratio 0.3]
+    python examples/reference_speed.py [--episodes 20] [--ratio 0.3] [--rounds 2] [--timeout 3600]
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,46 +48,88 @@ pruner.compress(float(sys.argv[2]))
 """
 
 
-def _measure(cmd: list[str], env: dict) -> dict:
+def _measure(cmd: list[str], env: dict, timeout: float) -> dict:
+    """Wall time and peak RSS (the process and its children) of one run; a failure or timeout is recorded."""
     start = time.perf_counter()
     proc = psutil.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
+    peak, stopped = 0, False
     while proc.poll() is None:
         with contextlib.suppress(psutil.Error):
             peak = max(peak, sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]))
+        if time.perf_counter() - start > timeout:
+            stopped = True
+            for p in [*proc.children(recursive=True), proc]:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            proc.wait()
+            break
         time.sleep(0.05)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[:3]} failed:\n{proc.stderr.read().decode()[-2000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak / 2**20, 1)}
+    out = {"seconds": round(time.perf_counter() - start, 2), "peak_rss_mb": round(peak / 2**20, 1)}
+    if stopped:
+        out["stopped_after_timeout"] = True
+    elif proc.returncode != 0:
+        out["error"] = proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+    return out
 
 
-def main() -> None:
+def _summary(runs: list[dict]) -> dict:
+    """Median over the runs that completed (a stopped run is a lower bound on the time, kept apart)."""
+    done = [r for r in runs if "error" not in r and not r.get("stopped_after_timeout")]
+    out: dict = {"runs": runs}
+    if done:
+        out["seconds"] = statistics.median(r["seconds"] for r in done)
+        out["peak_rss_mb"] = statistics.median(r["peak_rss_mb"] for r in done)
+    stopped = [r for r in runs if r.get("stopped_after_timeout")]
+    if stopped:
+        out["seconds_at_least"] = min(r["seconds"] for r in stopped)
+        out["peak_rss_mb_at_least"] = max(r["peak_rss_mb"] for r in stopped)
+    return out
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--method", default="prunenet-paper", help="our method to time (same reward as the reference)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations of (ours, reference)")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="stop one run after this many seconds")
     args = ap.parse_args()
+    if args.rounds < 1 or args.episodes < 1 or args.timeout <= 0:
+        ap.error("--rounds, --episodes and --timeout must be positive")
     from prunenet.source.resolve import resolve_model
 
     model = resolve_model(None).path
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "HF_HUB_OFFLINE": "1"}
+    runs: dict[str, list[dict]] = {"ours": [], "reference": []}
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp) / "site"
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), REFERENCE,
                         "scipy"], check=True)
         link = Path(tmp) / "smollm2-llama"
         link.symlink_to(model)
-        ours = _measure([sys.executable, "-c", _OURS, str(model), str(args.ratio), str(args.episodes), args.method], env)
-        ref_env = {**env, "PYTHONPATH": str(site)}
-        ref = _measure([sys.executable, "-c", _REFERENCE, str(link), str(args.ratio), str(args.episodes),
-                        str(Path(tmp) / "ckpt")], ref_env)
+        sides = {
+            "ours": ([sys.executable, "-c", _OURS, str(model), str(args.ratio), str(args.episodes), args.method], env),
+            "reference": ([sys.executable, "-c", _REFERENCE, str(link), str(args.ratio), str(args.episodes),
+                           str(Path(tmp) / "ckpt")], {**env, "PYTHONPATH": str(site)}),
+        }
+        for round_ in range(1, args.rounds + 1):
+            for side, (cmd, side_env) in sides.items():
+                run = _measure(cmd, side_env, args.timeout)
+                runs[side].append(run)
+                print(f"round {round_}/{args.rounds} {side}: {json.dumps(run)}", file=sys.stderr, flush=True)
+    ours, ref = _summary(runs["ours"]), _summary(runs["reference"])
     result = {"episodes": args.episodes, "ratio": args.ratio, "ours": {"method": args.method, **ours},
-              "reference": {"package": REFERENCE, **ref},
-              "speedup": round(ref["seconds"] / ours["seconds"], 2),
-              "memory_ratio": round(ours["peak_rss_mb"] / ref["peak_rss_mb"], 3)}
+              "reference": {"package": REFERENCE, **ref}}
+    if "seconds" in ours:
+        ref_s, ref_mb = ref.get("seconds", ref.get("seconds_at_least")), ref.get("peak_rss_mb", ref.get("peak_rss_mb_at_least"))
+        if ref_s is not None:
+            bound = "" if "seconds" in ref else "_at_least"
+            result["speedup" + bound] = round(ref_s / ours["seconds"], 2)
+            result["memory_ratio" + ("" if "seconds" in ref else "_at_most")] = round(ours["peak_rss_mb"] / ref_mb, 3)
     print(json.dumps(result, indent=1))
+    failed = any("error" in r for side in runs.values() for r in side) or "seconds" not in ours
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

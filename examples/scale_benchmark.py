@@ -130,7 +130,7 @@ def _fmt(x: float | None, nd: int = 1) -> str:
 
 def phase_cell(phases: dict[str, dict[str, float]] | None, name: str) -> str:
     ph = (phases or {}).get(name)
-    return "-" if ph is None else f"{_fmt(ph['seconds'])} s / {_fmt(ph['peak_rss_mb'] / 1024, 2)} GB"
+    return "-" if ph is None else f"{_fmt(ph['seconds'])} s / {_fmt(ph['peak_rss_mb'] / 1024, 2)} GiB"
 
 
 def phase_names(results: list[RunResult]) -> list[str]:
@@ -142,7 +142,7 @@ def phase_names(results: list[RunResult]) -> list[str]:
 def results_table(results: list[RunResult]) -> str:
     """A Markdown table: one row per run, one column per phase ("seconds / peak RSS")."""
     names = phase_names(results)
-    head = ["shape", "layers", "mode", "wall s", "peak RSS GB", *names]
+    head = ["shape", "layers", "mode", "wall s", "peak RSS GiB", *names]
     rows = [head, ["---"] * len(head)]
     for r in results:
         status = "" if r.returncode == 0 else f" (rc {r.returncode})"
@@ -154,8 +154,9 @@ def results_table(results: list[RunResult]) -> str:
 def growth(results: list[RunResult], extrapolate_to: int | None) -> list[dict[str, Any]]:
     """Per (shape, mode): per-layer growth between the smallest and the largest depth, and a linear extrapolation.
 
-    per_layer = (value(L_max) - value(L_min)) / (L_max - L_min); value(N) = value(L_min) + per_layer * (N - L_min).
-    Done for the total wall time and peak RSS and for every phase both ends report.
+    per_layer = max(0, (value(L_max) - value(L_min)) / (L_max - L_min)); value(N) = value(L_max) + per_layer *
+    (N - L_max). Done for the total wall time and peak RSS and for every phase both ends report. A quantity that
+    fell with depth (a flat peak, measured with noise) is extrapolated flat from the deepest run, never downward.
     """
     out = []
     for shape, mode in dict.fromkeys((r.shape, r.mode) for r in results):
@@ -165,17 +166,17 @@ def growth(results: list[RunResult], extrapolate_to: int | None) -> list[dict[st
             continue
         lo, hi = ok[0], ok[-1]
         dl = hi.layers - lo.layers
-        series = {"wall s": (lo.wall_s, hi.wall_s), "peak RSS GB": (lo.peak_rss_gb, hi.peak_rss_gb)}
+        series = {"wall s": (lo.wall_s, hi.wall_s), "peak RSS GiB": (lo.peak_rss_gb, hi.peak_rss_gb)}
         for p in phase_names([lo, hi]):
             if lo.phases and hi.phases and p in lo.phases and p in hi.phases:
                 series[f"{p} s"] = (lo.phases[p]["seconds"], hi.phases[p]["seconds"])
-                series[f"{p} GB"] = (lo.phases[p]["peak_rss_mb"] / 1024, hi.phases[p]["peak_rss_mb"] / 1024)
+                series[f"{p} GiB"] = (lo.phases[p]["peak_rss_mb"] / 1024, hi.phases[p]["peak_rss_mb"] / 1024)
         for quantity, (a, b) in series.items():
-            per = (b - a) / dl
+            per = max(0.0, (b - a) / dl)
             row = {"shape": shape, "mode": mode, "quantity": quantity, "layers": f"{lo.layers}->{hi.layers}", "at_min": a,
                    "at_max": b, "per_layer": per, "ratio_max_min": b / a if a else math.nan}
             if extrapolate_to:
-                row[f"at_{extrapolate_to}"] = a + per * (extrapolate_to - lo.layers)
+                row[f"at_{extrapolate_to}"] = b + per * (extrapolate_to - hi.layers)
             out.append(row)
     return out
 
@@ -230,7 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         res = RunResult(str(model), ck.checkpoint_layers(model), mode, args.target, wall, rss_kb / 1024**2, rc,
                         phases_of(report), cmd, report, ck.checkpoint_shape(model))
         results.append(res)
-        print(f"   rc {rc}, {wall:.1f} s, peak RSS {res.peak_rss_gb:.2f} GB", file=sys.stderr, flush=True)
+        print(f"   rc {rc}, {wall:.1f} s, peak RSS {res.peak_rss_gb:.2f} GiB", file=sys.stderr, flush=True)
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)  # a 32-layer 7B export is ~9 GB
         if rc != 0:

@@ -156,16 +156,19 @@ def test_table_growth_and_missing_phases():
                _result(8, 100.0, 5.0, mode="defaults", phases=None)]
     table = sb.results_table(results)
     lines = table.splitlines()
-    assert lines[0].split("|")[1:6] == [" shape ", " layers ", " mode ", " wall s ", " peak RSS GB "]
+    assert lines[0].split("|")[1:6] == [" shape ", " layers ", " mode ", " wall s ", " peak RSS GiB "]
     assert all(p in lines[0] for p in sb.PHASES)
-    assert "2.0 s / 1.00 GB" in lines[2] and lines[3].count("| - ") == len(sb.PHASES)  # no phases: "-"
+    assert "2.0 s / 1.00 GiB" in lines[2] and lines[3].count("| - ") == len(sb.PHASES)  # no phases: "-"
 
     rows = {(r["mode"], r["quantity"]): r for r in sb.growth(results, 80)}
     assert not any(m == "defaults" for m, _ in rows)  # one depth only: no growth
     wall = rows[("weights-only", "wall s")]
     assert wall["per_layer"] == pytest.approx(30.0 / 24) and wall["at_80"] == pytest.approx(10 + 30.0 / 24 * 72)
-    assert rows[("weights-only", "peak RSS GB")]["ratio_max_min"] == pytest.approx(1.2)
-    assert rows[("weights-only", "read GB")]["per_layer"] == pytest.approx(0.5 / 24)
+    assert rows[("weights-only", "peak RSS GiB")]["ratio_max_min"] == pytest.approx(1.2)
+    assert rows[("weights-only", "read GiB")]["per_layer"] == pytest.approx(0.5 / 24)
+    shrinking = sb.growth([_result(2, 10.0, 20.0), _result(4, 12.0, 19.7)], 80)
+    peak = next(r for r in shrinking if r["quantity"] == "peak RSS GiB")
+    assert peak["per_layer"] == 0.0 and peak["at_80"] == pytest.approx(19.7)  # flat, not extrapolated downward
     assert "at 80 layers" in sb.growth_table(list(rows.values()), 80)
 
     report = {"phases": [{"name": "read", "seconds": 1.5, "peak_rss_mb": 300}, {"name": "new-phase", "seconds": 1}]}
@@ -174,6 +177,21 @@ def test_table_growth_and_missing_phases():
     assert "new-phase" in sb.results_table([_result(2, 1.0, 0.1, phases)])  # unknown names get a column
     assert sb.phases_of({"widths": [1]}) is None and sb.phases_of(None) is None
     assert sb.parse_report('log line\n{"a": 1}\n') == {"a": 1} and sb.parse_report("no json") is None
+
+
+def test_reference_speed_records_failures_and_stopped_runs():
+    """The speed comparison keeps what it measured when a side fails or is stopped (it once printed nothing)."""
+    rs = _load_example("reference_speed")
+    env = dict(os.environ)
+    ok = rs._measure([sys.executable, "-c", "import time; b = b'x' * (100 << 20); time.sleep(0.5)"], env, timeout=60)
+    failed = rs._measure([sys.executable, "-c", "raise SystemExit('boom')"], env, timeout=60)
+    stopped = rs._measure([sys.executable, "-c", "import time; time.sleep(30)"], env, timeout=1.0)
+    assert "error" not in ok and ok["peak_rss_mb"] >= 100
+    assert failed["error"] == ["boom"]
+    assert stopped["stopped_after_timeout"] and stopped["seconds"] < 10
+    summary = rs._summary([ok, failed, stopped, {**ok, "seconds": ok["seconds"] + 2}])
+    assert summary["seconds"] == pytest.approx(ok["seconds"] + 1)  # median of the completed runs
+    assert summary["seconds_at_least"] == stopped["seconds"] and len(summary["runs"]) == 4
 
 
 def test_timed_run_measures_and_reports_failure(tmp_path):
