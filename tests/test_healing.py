@@ -21,7 +21,7 @@ from exporters import ExportConfig, export_hf
 from prunenet.cli import main
 from prunenet.healing.blockwise import heal_blockwise
 from prunenet.healing.config import HealConfig
-from prunenet.healing.data import split_rows
+from prunenet.healing.data import HEAL_TEXT_FILE, split_rows
 from prunenet.healing.end_to_end import heal_end_to_end
 from prunenet.healing.measure import row_quality
 from prunenet.healing.weights import HealedWeights
@@ -117,9 +117,33 @@ def test_cli_heal_records_healing_in_plan_and_card(tiny_models, tmp_path):
     assert PruningPlan.load(out / "prunenet-plan.json").extra["healing"] == healing
     card = (out / "README.md").read_text()
     assert "## Healing" in card and "held-out self-text" in card and "reference text" in card
-    assert [p.name for p in out.iterdir() if "heal" in p.name] == []  # no adapter or scratch files
+    # no adapter or scratch files: only the healing text, kept beside the policy for healing again
+    assert [p.name for p in out.iterdir() if "heal" in p.name] == [HEAL_TEXT_FILE]
     assert [p["name"] for p in result["phases"]][:2] == ["read", "training"]
     assert {"heal-text", "heal"} <= {p["name"] for p in result["phases"]}
+
+
+def test_healing_again_with_the_policy_reuses_its_text(tiny_models, tmp_path, monkeypatch):
+    """Prune once: another ratio with ``--policy`` heals from the saved text, generating none."""
+    from prunenet.planning import selfdata
+
+    src = with_tokenizer(tiny_models["llama"], tmp_path / "src")
+    first = tmp_path / "first"
+    r = CliRunner().invoke(main, _healing_cli(src, first, "--no-eval"))
+    assert r.exit_code == 0, r.output
+    before = json.loads(r.output.strip().splitlines()[-1])["healing"]["held_out_before"]
+
+    def generated(*args, **kwargs):
+        raise RuntimeError("healing text was generated again")
+
+    monkeypatch.setattr(selfdata, "self_text_ids", generated)
+    policy = ("--policy", str(first / "prunenet-policy.safetensors"))
+    r = CliRunner().invoke(main, _healing_cli(src, tmp_path / "second", "--no-eval", *policy))
+    assert r.exit_code == 0, r.output
+    again = json.loads(r.output.strip().splitlines()[-1])["healing"]
+    assert again["held_out_before"] == before  # same ratio and policy: the same text, so the same "before"
+    r = CliRunner().invoke(main, _healing_cli(src, tmp_path / "third", "--no-eval", *policy, "--heal-tokens", "4096"))
+    assert "generated again" in str(r.exception)  # another budget is another text: it is generated
 
 
 def test_cli_heal_block_mode_and_bad_input(tiny_models, tmp_path):

@@ -39,16 +39,15 @@ def validate_hf_export(source: Path, out: Path, plan: PruningPlan, *, dtype: tor
     exported = LayerwiseModel(out, device=device, dtype=torch.float32)
     vocab = int(reference.config.vocab_size)
     ids = torch.randint(0, vocab, (2, seq_len), generator=torch.Generator().manual_seed(0))
-    h_ref, kw_ref = reference.prepare([ids])
-    h_exp, kw_exp = exported.prepare([ids])
-    for i in range(reference.num_layers):
-        with reference.layer(i) as module:
-            module = apply_layer_plan_(module, spec, plan.layers[i])
-            if healed is not None:
-                healed.assign_(module, f"{spec.layers_prefix}.{i}.", round_to=dtype)
-            h_ref = reference.forward_layer(module, i, h_ref, kw_ref)
-        with exported.layer(i) as module:
-            h_exp = exported.forward_layer(module, i, h_exp, kw_exp)
+
+    def pruned(i: int, module: torch.nn.Module) -> torch.nn.Module:
+        module = apply_layer_plan_(module, spec, plan.layers[i])
+        if healed is not None:
+            healed.assign_(module, f"{spec.layers_prefix}.{i}.", round_to=dtype)
+        return module
+
+    h_ref = reference.final_hidden([ids], edit=pruned)
+    h_exp = exported.final_hidden([ids])
     expected = reference.logits(ids, h_ref[0])
     diff = (expected - exported.logits(ids, h_exp[0])).abs().max().item()
     if not diff <= spec.atol * max(1.0, expected.abs().max().item()):

@@ -1,10 +1,10 @@
 """Dense vs pruned quality with one decoder layer of each resident: the report that scales.
 
 Both checkpoints are read layer by layer (:class:`~prunenet.source.layerwise.LayerwiseModel`): the
-windows' hidden states of both models advance together through layer ``i`` (dense layer onloaded,
-run, offloaded; then the pruned one), and only at the end does each model's head turn its final
-hidden states into logits, one window at a time. Memory is two layers, the hidden states of the
-windows, and one window's logits: a 7B is scored on a machine that could not hold it twice.
+windows' hidden states go through the dense model one onloaded layer at a time, then through the
+pruned one, and only at the end does each model's head turn its final hidden states into logits,
+one window at a time. Memory is both models' embeddings and heads, one layer, the hidden states of
+the windows and one window's logits: a 7B is scored on a machine that could not hold it twice.
 """
 
 from __future__ import annotations
@@ -15,26 +15,11 @@ from typing import Any
 
 import torch
 
+from prunenet.evaluation.reference import check_inputs
 from prunenet.evaluation.report import EvalInputError, QualityReport, Totals
 from prunenet.evaluation.scoring import dense_window, score_window
-from prunenet.progress import track
 
 __all__ = ["compare_streaming"]
-
-
-def _check(windows: list[torch.Tensor], dense, pruned) -> None:
-    if not windows:
-        raise EvalInputError("no token windows to evaluate")
-    sizes = {int(m.model.get_output_embeddings().weight.shape[0]) for m in (dense, pruned)}
-    if len(sizes) > 1:
-        raise EvalInputError(f"the models have different vocabularies ({sorted(sizes)}); they cannot be compared")
-    top = max(int(w.max()) for w in windows)
-    if top >= min(sizes):
-        raise EvalInputError(f"token id {top} is outside the model's vocabulary of {min(sizes)}; wrong tokenizer?")
-    limit = getattr(dense.config, "max_position_embeddings", None)
-    longest = max(w.numel() for w in windows)
-    if limit and longest > limit:
-        raise EvalInputError(f"windows of {longest} tokens exceed the model's {limit} positions; lower --seq-len")
 
 
 def compare_streaming(dense_dir: Path, pruned_dir: Path, windows: list[torch.Tensor], *,
@@ -54,18 +39,13 @@ def compare_streaming(dense_dir: Path, pruned_dir: Path, windows: list[torch.Ten
         dtype = layer_dtype(Checkpoint(dense_dir).dtype, device)
     dense = LayerwiseModel(dense_dir, device=device, dtype=dtype)
     pruned = LayerwiseModel(pruned_dir, device=device, dtype=dtype)
-    _check(windows, dense, pruned)
+    check_inputs(windows, dense.model, pruned.model)
     if dense.num_layers != pruned.num_layers:
         raise EvalInputError(f"{pruned_dir} has {pruned.num_layers} layers, {dense_dir} has {dense.num_layers}")
     start = time.perf_counter()
     rows = [w.reshape(1, -1) for w in windows]
-    h_dense, kw_dense = dense.prepare(rows)
-    h_pruned, kw_pruned = pruned.prepare(rows)
-    for i in track(range(dense.num_layers), "Scoring dense and pruned, layer by layer", total=dense.num_layers):
-        with dense.layer(i) as module:
-            h_dense = dense.forward_layer(module, i, h_dense, kw_dense)
-        with pruned.layer(i) as module:
-            h_pruned = pruned.forward_layer(module, i, h_pruned, kw_pruned)
+    h_dense = dense.final_hidden(rows, label="Scoring the dense model, layer by layer")
+    h_pruned = pruned.final_hidden(rows, label="Scoring the pruned model, layer by layer")
     totals = Totals()
     for row, hd, hp in zip(rows, h_dense, h_pruned, strict=True):
         entry = dense_window(dense.logits(row, hd)[0].float().cpu(), row[0], torch.float32)

@@ -23,7 +23,7 @@ from prunenet.healing.outcome import HealOutcome
 from prunenet.healing.weights import HealedWeights, ffn_parameters
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_plan_
-from prunenet.progress import status, track
+from prunenet.progress import status
 from prunenet.source.checkpoint import Checkpoint
 from prunenet.source.layerwise import LayerwiseModel
 
@@ -32,12 +32,7 @@ __all__ = ["heal_end_to_end", "dense_final_hidden"]
 
 def dense_final_hidden(lm: LayerwiseModel, rows: list[torch.Tensor]) -> list[torch.Tensor]:
     """Hidden states leaving the dense model's last layer for each row (one layer resident)."""
-    with status("Preparing the dense pass"):
-        hidden, kwargs = lm.prepare(rows)
-    for i in track(range(lm.num_layers), "Dense pass over the healing text", total=lm.num_layers):
-        with lm.layer(i) as module:
-            hidden = lm.forward_layer(module, i, hidden, kwargs)
-    return hidden
+    return lm.final_hidden(rows, label="Dense pass over the healing text")
 
 
 def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: HealConfig, *,

@@ -35,6 +35,8 @@ class HealResult:
     outcome: HealOutcome
     weights: HealedWeights
     config: HealConfig
+    text: HealingText
+    """The self-text healing learnt from (saved beside the policy, so healing again can skip generating it)."""
 
     def record(self) -> dict:
         """What the plan file and the model card keep: the settings and the quality before and after."""
@@ -61,6 +63,7 @@ def heal_plan(source: Path, plan: PruningPlan, cfg: HealConfig, *, device: torch
     """Heal the pruned model of ``plan``; its healed tensors go to ``workdir`` (inside the staged output).
 
     ``reference``: id rows to report before/after quality on (the evaluation text); never trained on.
+    ``text``: healing's self-text when it was saved before (:func:`~prunenet.healing.data.load_healing_text`).
     """
     from prunenet.healing.blockwise import heal_blockwise
     from prunenet.healing.end_to_end import heal_end_to_end
@@ -79,4 +82,4 @@ def heal_plan(source: Path, plan: PruningPlan, cfg: HealConfig, *, device: torch
         outcome = run(source, plan, text, cfg, device=device, weights=weights, reference=reference)
     log.info("healed %d tensors (%s): held-out self-text KL %.4f -> %.4f", outcome.healed_tensors, mode,
              outcome.held_out_before["kl"], outcome.held_out_after["kl"])
-    return HealResult(outcome, weights, cfg)
+    return HealResult(outcome, weights, cfg, text)

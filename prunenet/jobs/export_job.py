@@ -61,9 +61,9 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     stats = parameter_stats(source.path, plan)
     warnings: list[str] = []
     with staged_output(req.out, force=req.force, source=source.path) as stage:
-        healed_dir = None
+        healed_dir = healing = None
         if req.heal is not None:
-            healing = _heal(source.path, plan, req, device, stage / ".prunenet-healed", phases)
+            healing = _heal(source.path, plan, req, device, stage / ".prunenet-healed", phases, cfg.policy)
             plan, healed_dir = replace(plan, extra={**plan.extra, "healing": healing.record()}), healing.weights.root
         export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=str(device),
                                   dtype=_output_dtype(req.dtype, source), healed=healed_dir)
@@ -76,6 +76,10 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
             if result.self_text is not None:
                 key = self_text_key(plan.source_fingerprint, plan.seed, int(plan.extra.get("self_data_tokens", 0)))
                 save_self_text(stage / SELF_TEXT_FILE, result.self_text, key)
+            if healing is not None:
+                from prunenet.healing.data import HEAL_TEXT_FILE, healing_text_key, save_healing_text
+
+                save_healing_text(stage / HEAL_TEXT_FILE, healing.text, healing_text_key(plan.source_fingerprint, req.heal))
         quality = None
         if req.evaluate and req.target != "onnx":
             with phases.phase("eval", device):
@@ -97,7 +101,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     }
 
 
-def _heal(source: Path, plan, req: ExportRequest, device, workdir: Path, phases):
+def _heal(source: Path, plan, req: ExportRequest, device, workdir: Path, phases, policy: str | Path | None):
     """Heal in the staging directory; before/after quality on the evaluation text when there is a report."""
     from prunenet.healing.heal import heal_plan
 
@@ -110,7 +114,16 @@ def _heal(source: Path, plan, req: ExportRequest, device, workdir: Path, phases)
 
         windows = token_windows(load_tokenizer(source), reference_text("default"), default_seq_len(source), 8192)
         reference = [w.reshape(1, -1) for w in windows]
-    return heal_plan(source, plan, req.heal, device=device, workdir=workdir, reference=reference, phases=phases)
+    text = None
+    if policy is not None:  # healing again with a saved policy: its healing text may be beside it
+        from prunenet.healing.data import HEAL_TEXT_FILE, healing_text_key, load_healing_text
+
+        key = healing_text_key(plan.source_fingerprint, req.heal)
+        text = load_healing_text(Path(policy).with_name(HEAL_TEXT_FILE), key, req.heal)
+        if text is not None:
+            log.info("healing self-text reused from beside the policy (%d tokens)", text.tokens)
+    return heal_plan(source, plan, req.heal, device=device, workdir=workdir, reference=reference, phases=phases,
+                     text=text)
 
 
 def _output_dtype(requested: str, source) -> str:

@@ -16,13 +16,14 @@ Peak memory is one layer plus the hidden states of the sequences in flight.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prunenet.arch import ArchSpec, get_arch_spec
+from prunenet.progress import track
 from prunenet.source.checkpoint import Checkpoint
 
 __all__ = ["LayerwiseModel"]
@@ -162,6 +163,19 @@ class LayerwiseModel:
         """Hidden states entering layer 0 and every layer's keyword arguments, for each row of ids."""
         pairs = [self.layer_inputs(r) for r in rows]
         return [h for h, _ in pairs], [kw for _, kw in pairs]
+
+    def final_hidden(self, rows: Sequence[torch.Tensor], *, label: str | None = None,
+                     edit: Callable[[int, torch.nn.Module], torch.nn.Module] | None = None) -> list[torch.Tensor]:
+        """Hidden states leaving the last layer for each row of ids: one pass, one layer resident.
+
+        ``edit(index, module)`` changes an onloaded layer before it runs (a pruning plan, healed tensors)
+        and returns the module to run; ``label`` shows a progress bar over the layers."""
+        hidden, kwargs = self.prepare(rows)
+        layers = range(self.num_layers)
+        for i in track(layers, label, total=self.num_layers) if label else layers:
+            with self.layer(i) as module:
+                hidden = self.forward_layer(edit(i, module) if edit else module, i, hidden, kwargs)
+        return hidden
 
     def forward_layer(self, module: torch.nn.Module, index: int, hidden: Sequence[torch.Tensor],
                       kwargs: Sequence[list[dict[str, Any]]]) -> list[torch.Tensor]:
