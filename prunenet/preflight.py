@@ -132,7 +132,7 @@ def healing_bytes(ckpt: Checkpoint, cfg, device: torch.device, kept: float) -> d
 
 
 def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, device: torch.device,
-                    planning: bool = True) -> list[PhaseEstimate]:
+                    planning: bool = True, validate: bool = True) -> list[PhaseEstimate]:
     """Peak bytes per phase; ``planning=False`` for a saved ``--plan`` (no self-text, no capture)."""
     spec = get_arch_spec(ckpt.config.get("model_type"))
     c = ckpt.config
@@ -163,7 +163,8 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
                                     "use --self-data 0 or --method prunenet (compact summaries), or another --device"))
     # the writer holds one tensor at a time; its validation reads the source and the export back, one layer each
     two_streams = _two_streams(ckpt, spec, compute)
-    phases.append(PhaseEstimate("write", max(3 * largest, two_streams), "free memory or use another --device"))
+    phases.append(PhaseEstimate("write", max(3 * largest, two_streams if validate else 0),
+                                "use --no-validate (skips the reload check), free memory or use another --device"))
     if evaluate:
         hidden = 2 * EVAL_TOKENS * d * compute * 3
         logits = 512 * vocab * 4 * 4
@@ -172,14 +173,14 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
 
 
 def check_memory(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, device: torch.device,
-                 planning: bool = True, heal=None) -> list[PhaseEstimate]:
+                 planning: bool = True, heal=None, validate: bool = True) -> list[PhaseEstimate]:
     """Raise :class:`MemoryError_` (one line: need, available, what to change) when a phase cannot fit.
 
     On CUDA, self-text generation may offload layers to host memory (accelerate), so it is checked
     against the GPU and the host together."""
     device_free = available_bytes(device)
     host_free = available_bytes(torch.device("cpu")) if device.type == "cuda" else 0
-    phases = estimate_phases(ckpt, cfg, evaluate=evaluate, device=device, planning=planning)
+    phases = estimate_phases(ckpt, cfg, evaluate=evaluate, device=device, planning=planning, validate=validate)
     if heal is not None:  # a HealConfig: its text generation, and the cheaper mode it may pick
         need = healing_bytes(ckpt, heal, device, 1 - cfg.ratio)
         modes = ["end-to-end", "block"] if heal.mode == "auto" else [heal.mode]

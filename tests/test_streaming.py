@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -130,6 +132,34 @@ def test_policy_reuse_reuses_the_saved_self_text(tiny_with_tokenizer, tmp_path, 
     result = runner.invoke(main, [*args, "--ratio", "0.2", "--out", str(tmp_path / "b"),
                                   "--policy", str(out / "prunenet-policy.safetensors")])
     assert result.exit_code == 0, result.output
+
+
+def test_no_validate_skips_the_reload_check_and_its_memory(tiny_models, tmp_path, monkeypatch):
+    """The reload check is the write phase's peak at 70B shapes; --no-validate drops it from the estimate."""
+    from prunenet.preflight import RUNTIME_BYTES
+
+    ckpt = Checkpoint(tiny_models["llama"])
+    cfg = PruneConfig(ratio=0.3, self_data=0)
+
+    def needs(validate: bool) -> dict[str, int]:
+        phases = estimate_phases(ckpt, cfg, evaluate=False, device=torch.device("cpu"), validate=validate)
+        return {p.name: p.need for p in phases}
+
+    checked, unchecked = needs(True), needs(False)
+    assert unchecked["write"] < checked["write"] and unchecked["read"] == checked["read"]
+    budget = RUNTIME_BYTES + max(unchecked.values()) + 10_000
+    assert budget < RUNTIME_BYTES + checked["write"]
+    monkeypatch.setenv("PRUNENET_MEMORY_BUDGET_GB", f"{budget / 1e9}")
+    args = ["export", "--model", str(tiny_models["llama"]), "--ratio", "0.3", "--align", "16", "--episodes", "1",
+            "--self-data", "0", "--no-eval", "--json"]
+    refused = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert refused.exit_code == 1 and "write phase" in refused.output and "--no-validate" in refused.output
+    assert not (tmp_path / "a").exists()
+    result = CliRunner().invoke(main, [*args, "--no-validate", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert "max_logit_diff" not in report["export"] and "not validated (--no-validate)" in report["warnings"][0]
+    assert (tmp_path / "b" / "config.json").is_file()
 
 
 def test_preflight_rejects_a_budget_too_small(tiny_models, tmp_path, monkeypatch):

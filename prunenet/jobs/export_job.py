@@ -52,14 +52,15 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     source = resolve_model(req.model)
     check_output_dir(req.out, force=req.force, source=source.path)  # fail before any training
     device = resolve_device(cfg.device)
+    # before any long step: refuse what cannot fit, write nothing
     check_memory(Checkpoint(source.path), cfg, evaluate=req.evaluate and req.target != "onnx", device=device,
-                 planning=req.plan is None, heal=req.heal)  # before any long step: refuse what cannot fit, write nothing
+                 planning=req.plan is None, heal=req.heal, validate=req.validate)
     phases = PhaseLog()
     result = (_saved_plan(req.plan, source.path) if req.plan
               else make_plan(source.path, cfg, source_name=source.name, phases=phases))
     plan = replace(result.plan, extra={k: v for k, v in result.plan.extra.items() if k != "healing"})
     stats = parameter_stats(source.path, plan)
-    warnings: list[str] = []
+    warnings: list[str] = [] if req.validate else ["the export was not validated (--no-validate)"]
     with staged_output(req.out, force=req.force, source=source.path) as stage:
         healed_dir = healing = None
         if req.heal is not None:
