@@ -154,10 +154,8 @@ def results_table(results: list[RunResult]) -> str:
 def growth(results: list[RunResult], extrapolate_to: int | None) -> list[dict[str, Any]]:
     """Per (shape, mode): per-layer growth between the smallest and the largest depth, and a linear extrapolation.
 
-    per_layer = max(0, (value(L_max) - value(L_min)) / (L_max - L_min)); value(N) = value(L_max) + per_layer *
-    (N - L_max). Done for the total wall time and peak RSS and for every phase both ends report. A quantity that
-    fell with depth (a flat peak, measured with noise) is extrapolated flat from the deepest run, never downward.
-    """
+    per_layer = max(0, (value(L_max) - value(L_min)) / (L_max - L_min)), value(N) = value(L_max) + per_layer *
+    (N - L_max), for the total and every phase: a flat peak measured with noise never extrapolates downward."""
     out = []
     for shape, mode in dict.fromkeys((r.shape, r.mode) for r in results):
         ok = sorted((r for r in results if (r.shape, r.mode) == (shape, mode) and r.returncode == 0 and r.layers),
