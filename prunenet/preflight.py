@@ -63,11 +63,10 @@ def _sizes(ckpt: Checkpoint, spec: ArchSpec, compute_bytes: int) -> tuple[int, i
     return per_layer, rest, largest
 
 
-def _two_streams(ckpt: Checkpoint, spec: ArchSpec, compute_bytes: int) -> int:
+def _two_streams(ckpt: Checkpoint, spec: ArchSpec, per_layer: int, rest: int) -> int:
     """Two :class:`~prunenet.source.layerwise.LayerwiseModel` s run one after the other per layer (export
-    validation, the quality report): both embeddings and heads, one layer of either at a time, and the
-    stored-dtype copy of that layer's largest tensor while it is cast."""
-    per_layer, rest, _ = _sizes(ckpt, spec, compute_bytes)
+    validation, the quality report): both embeddings and heads (``rest``), one layer of either at a time,
+    and the stored-dtype copy of that layer's largest tensor while it is cast."""
     layer0 = spec.layers_prefix + ".0."
     largest_in_layer = max((math.prod(s) for n, s in ckpt.shapes().items() if n.startswith(layer0)), default=0)
     return 2 * rest + per_layer + largest_in_layer * ckpt.dtype.itemsize
@@ -162,7 +161,7 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
         phases.append(PhaseEstimate("capture" if self_text else "read", streamed + summaries,
                                     "use --self-data 0 or --method prunenet (compact summaries), or another --device"))
     # the writer holds one tensor at a time; its validation reads the source and the export back, one layer each
-    two_streams = _two_streams(ckpt, spec, compute)
+    two_streams = _two_streams(ckpt, spec, per_layer, rest)
     phases.append(PhaseEstimate("write", max(3 * largest, two_streams if validate else 0),
                                 "use --no-validate (skips the reload check), free memory or use another --device"))
     if evaluate:

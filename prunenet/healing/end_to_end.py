@@ -27,12 +27,7 @@ from prunenet.progress import status
 from prunenet.source.checkpoint import Checkpoint
 from prunenet.source.layerwise import LayerwiseModel
 
-__all__ = ["heal_end_to_end", "dense_final_hidden"]
-
-
-def dense_final_hidden(lm: LayerwiseModel, rows: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Hidden states leaving the dense model's last layer for each row (one layer resident)."""
-    return lm.final_hidden(rows, label="Dense pass over the healing text")
+__all__ = ["heal_end_to_end"]
 
 
 def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: HealConfig, *,
@@ -45,7 +40,7 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
     reference = reference or []
     rows = text.train + text.held_out + reference
     teacher = LayerwiseModel(source, device=device, dtype=layer_dtype(Checkpoint(source).dtype, device))
-    finals = dense_final_hidden(teacher, rows)
+    finals = teacher.final_hidden(rows, label="Dense pass over the healing text")  # one layer resident
     train_h, held_h = finals[: len(text.train)], finals[len(text.train): len(text.train) + len(text.held_out)]
     ref_h = finals[len(text.train) + len(text.held_out):]
 
