@@ -19,6 +19,7 @@ import torch
 from prunenet.arch import ArchSpec, get_arch_spec
 from prunenet.device import MEMORY_BUDGET_ENV, available_bytes, layer_dtype, model_dtype
 from prunenet.errors import PruneNetError
+from prunenet.healing.measure import TOP_K
 from prunenet.planning.config import PruneConfig
 from prunenet.planning.methods import METHODS
 from prunenet.planning.summaries import needs_activations
@@ -103,8 +104,8 @@ def healing_bytes(ckpt: Checkpoint, cfg, device: torch.device, kept: float) -> d
 
     ``kept``: the fraction of FFN neurons the plan keeps (``1 - ratio`` before there is a plan).
     End-to-end holds the pruned model in fp32, gradients, two AdamW moments and a best copy of the FFN
-    tensors it trains, the dense head, every row's final hidden state and one batch's activations and
-    vocabulary-wide logits; block mode holds one dense layer and its pruned copy (plus the same four
+    tensors it trains, the dense head, every row's final hidden state, the training rows' top-k targets and
+    one batch's activations and vocabulary-wide logits; block mode holds one dense layer and its pruned copy (plus the same four
     copies of its FFN), three hidden-state streams and one row's activations."""
     spec = get_arch_spec(ckpt.config.get("model_type"))
     c = ckpt.config
@@ -124,7 +125,8 @@ def healing_bytes(ckpt: Checkpoint, cfg, device: torch.device, kept: float) -> d
     return {
         "heal-text": _generation_bytes(c, n_layers, (rest + n_layers * per_layer) * whole // compute, cfg.samples,
                                        cfg.sample_len, whole),
-        "end-to-end": model_fp32 + 4 * ffn_after + rest + rows * cfg.sample_len * d * compute + activations,
+        "end-to-end": model_fp32 + 4 * ffn_after + rest + rows * cfg.sample_len * (d * compute + TOP_K * 12)
+                      + activations,
         "block": rest + 2 * per_layer_fp32 + 4 * ffn_full + streams + cfg.sample_len * (12 * d + 4 * m) * 4 * 2
                  + cfg.sample_len * vocab * 4 * 4,
     }

@@ -23,7 +23,7 @@ from prunenet.healing.blockwise import heal_blockwise
 from prunenet.healing.config import HealConfig
 from prunenet.healing.data import HEAL_TEXT_FILE, split_rows
 from prunenet.healing.end_to_end import heal_end_to_end
-from prunenet.healing.measure import row_quality
+from prunenet.healing.measure import TeacherTargets, kl_loss, row_quality, sparse_kl_loss
 from prunenet.healing.weights import HealedWeights
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_plan_
@@ -55,6 +55,21 @@ def test_held_out_loss_falls_and_never_rises(tiny_models, tmp_path, mode):
     assert bad.held_out_after["kl"] <= bad.held_out_before["kl"] + 1e-6
     if mode == "block":  # the loss block mode optimises is each block's held-out MSE
         assert all(h["held_out_after"] <= h["held_out_before"] for h in good.history + bad.history)
+
+
+def test_top_k_targets_bound_the_full_kl_and_vanish_only_at_the_teacher():
+    g = torch.Generator().manual_seed(0)
+    teacher, student = torch.randn(2, 7, 300, generator=g) * 3, torch.randn(2, 7, 300, generator=g) * 3
+    full = kl_loss(teacher, student)
+    assert torch.allclose(sparse_kl_loss(TeacherTargets.from_logits(teacher, k=300), student), full, atol=1e-5)
+    values = [float(sparse_kl_loss(TeacherTargets.from_logits(teacher, k=k), student)) for k in (1, 16, 128)]
+    assert 0 < values[0] <= values[1] <= values[2] <= float(full) + 1e-6  # a finer coarsening is closer
+    at_teacher = teacher.clone().requires_grad_(True)
+    loss = sparse_kl_loss(TeacherTargets.from_logits(teacher, k=16), at_teacher)
+    loss.backward()
+    assert abs(float(loss.detach())) < 1e-5 and at_teacher.grad.abs().max() < 1e-5
+    parts = TeacherTargets.cat([TeacherTargets.from_logits(teacher[:1], k=16), TeacherTargets.from_logits(teacher[1:], k=16)])
+    assert torch.equal(parts.index, TeacherTargets.from_logits(teacher, k=16).index)
 
 
 def test_block_mode_has_end_to_end_interface(tiny_models, tmp_path):

@@ -3,12 +3,14 @@
 The loss is KL(dense || pruned) per position on self-text, and only the FFN tensors pruning sliced are
 trained (fp32 master weights), so the result is a plain checkpoint at the same widths. The dense model
 is never held whole: one layer-by-layer pass (:class:`~prunenet.source.layerwise.LayerwiseModel`)
-records its final hidden states for every row, and its logits are replayed from them through the head
-on demand, which costs a head, not a model, per step.
+records its final hidden states for every row. The training rows' distributions are reduced to
+:class:`~prunenet.healing.measure.TeacherTargets` once; the held-out and reference rows' logits are
+replayed through the head when quality is measured.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from prunenet.device import layer_dtype
 from prunenet.healing.config import HealConfig
 from prunenet.healing.data import HealingText
 from prunenet.healing.loop import autocast, fit
-from prunenet.healing.measure import kl_loss, row_quality
+from prunenet.healing.measure import TeacherTargets, row_quality, sparse_kl_loss
 from prunenet.healing.outcome import HealOutcome
 from prunenet.healing.weights import HealedWeights, ffn_parameters
 from prunenet.planning.plan import PruningPlan
@@ -28,6 +30,8 @@ from prunenet.source.checkpoint import Checkpoint
 from prunenet.source.layerwise import LayerwiseModel
 
 __all__ = ["heal_end_to_end"]
+
+log = logging.getLogger(__name__)
 
 
 def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: HealConfig, *,
@@ -41,8 +45,13 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
     rows = text.train + text.held_out + reference
     teacher = LayerwiseModel(source, device=device, dtype=layer_dtype(Checkpoint(source).dtype, device))
     finals = teacher.final_hidden(rows, label="Dense pass over the healing text")  # one layer resident
-    train_h, held_h = finals[: len(text.train)], finals[len(text.train): len(text.train) + len(text.held_out)]
+    held_h = finals[len(text.train): len(text.train) + len(text.held_out)]
     ref_h = finals[len(text.train) + len(text.held_out):]
+    with status("Recording the dense model's next-token distributions"):
+        targets = [TeacherTargets.from_logits(teacher.logits(r, h)) for r, h in zip(text.train, finals, strict=False)]
+    del finals[: len(text.train)]
+    log.info("healing targets: the dense top-%d tokens hold %.1f%% of the mass", targets[0].logp.shape[1],
+             100 * TeacherTargets.cat(targets).mass)
 
     with status("Loading the pruned model for healing"):
         student = apply_plan_(load_causal_lm(source, dtype=torch.float32, device=device), plan).eval()
@@ -68,9 +77,7 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
 
     def batch_loss(idx: list[int]) -> torch.Tensor:
         ids = torch.cat([text.train[i] for i in idx])
-        with torch.no_grad():
-            target = teacher_logits(ids, torch.cat([train_h[i] for i in idx]))
-        return kl_loss(target, student_logits(ids))
+        return sparse_kl_loss(TeacherTargets.cat([targets[i] for i in idx]), student_logits(ids))
 
     held_before = quality(text.held_out, held_h)
     ref_before = quality(reference, ref_h) if reference else None
