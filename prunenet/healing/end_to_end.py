@@ -48,8 +48,9 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
     held_h = finals[len(text.train): len(text.train) + len(text.held_out)]
     ref_h = finals[len(text.train) + len(text.held_out):]
     with status("Recording the dense model's next-token distributions"):
-        targets = [TeacherTargets.from_logits(teacher.logits(r, h)) for r, h in zip(text.train, finals, strict=False)]
-    del finals[: len(text.train)]
+        targets = [TeacherTargets.from_logits(teacher.logits(r, h))
+                   for r, h in zip(text.train, finals[: len(text.train)], strict=True)]
+    del finals[: len(text.train)]  # the training rows' hidden states are not needed again
     log.info("healing targets: the dense top-%d tokens hold %.1f%% of the mass", targets[0].logp.shape[1],
              100 * TeacherTargets.cat(targets).mass)
 
