@@ -104,9 +104,10 @@ def healing_bytes(ckpt: Checkpoint, cfg, device: torch.device, kept: float) -> d
 
     ``kept``: the fraction of FFN neurons the plan keeps (``1 - ratio`` before there is a plan).
     End-to-end holds the pruned model in fp32, gradients, two AdamW moments and a best copy of the FFN
-    tensors it trains, the dense head, every row's final hidden state, the training rows' top-k targets and
-    one batch's activations and vocabulary-wide logits; block mode holds one dense layer and its pruned copy (plus the same four
-    copies of its FFN), three hidden-state streams and one row's activations."""
+    tensors it trains, the dense head, every row's final hidden state, the training rows' top-k targets
+    and one batch's activations and vocabulary-wide logits; block mode holds one dense layer and its
+    pruned copy (plus the same four copies of its FFN), three hidden-state streams and one row's
+    activations."""
     spec = get_arch_spec(ckpt.config.get("model_type"))
     c = ckpt.config
     d, vocab, n_layers = int(c.get("hidden_size") or 0), int(c.get("vocab_size") or 0), spec.num_layers(c)

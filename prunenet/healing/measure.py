@@ -1,8 +1,8 @@
 """How far a pruned model is from the dense one on id rows: KL(dense || pruned) and the perplexity ratio.
 
 Training compares against :class:`TeacherTargets`, the dense model's distribution kept as its top-k
-log-probabilities and the mass of the rest: recorded once, 6 KB per position whatever the vocabulary, so a healing
-step runs no dense head and no vocabulary-wide softmax of the dense logits. Reported quality
+log-probabilities and the mass of the rest: recorded once, 6 KB per position whatever the vocabulary,
+so a healing step runs no dense head and no vocabulary-wide softmax of the dense logits. Reported quality
 (:func:`row_quality`) always uses the full distributions.
 """
 
@@ -16,20 +16,12 @@ import torch
 
 from prunenet.evaluation.scoring import dense_window, score_window
 
-__all__ = ["kl_loss", "row_quality", "TeacherTargets", "TOP_K", "sparse_kl_loss"]
+__all__ = ["row_quality", "TeacherTargets", "TOP_K", "sparse_kl_loss"]
 
 TOP_K = 512
 """Dense-model tokens kept per position. On the default model's healing text they hold 96% of the dense
 mass on average (128 held 92% and healed 0.8% worse than the full KL; 512 ends within 0.2% of it, with
 the heal phase 20% shorter); the rest is matched as one bucket."""
-
-
-def kl_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """Mean KL(teacher || student) per position over the whole vocabulary, in fp32 (differentiable in the
-    student): the quantity :func:`sparse_kl_loss` bounds from below."""
-    t = torch.log_softmax(teacher_logits.float(), dim=-1)
-    s = torch.log_softmax(student_logits.float(), dim=-1)
-    return (t.exp() * (t - s)).sum(-1).mean()
 
 
 @dataclass(frozen=True)
