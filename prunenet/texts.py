@@ -104,6 +104,9 @@ def self_generated_text(model, tokenizer, n_samples: int = 8, n_tokens: int = 20
     ``n_tokens`` new tokens (end-of-text is suppressed until then).
     """
     import torch
+    from transformers import LogitsProcessorList
+
+    from prunenet.nucleus import NucleusFilter
 
     if n_samples < 1 or n_tokens < 1:
         raise ValueError("n_samples and n_tokens must be positive")
@@ -119,8 +122,9 @@ def self_generated_text(model, tokenizer, n_samples: int = 8, n_tokens: int = 20
     fork = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork, device_type=device.type), torch.no_grad():
         torch.manual_seed(seed)
-        out = model.generate(
+        out = model.generate(  # top-p by NucleusFilter (same tokens as transformers' warper, no full sort)
             input_ids=input_ids, attention_mask=attention_mask, do_sample=True, temperature=temperature,
-            top_p=top_p, top_k=0, max_new_tokens=n_tokens, min_new_tokens=n_tokens, pad_token_id=pad_id,
+            top_p=1.0, top_k=0, logits_processor=LogitsProcessorList([NucleusFilter(top_p)]),
+            max_new_tokens=n_tokens, min_new_tokens=n_tokens, pad_token_id=pad_id,
         )
     return [tokenizer.decode(row[width - len(p):], skip_special_tokens=True) for p, row in zip(prompts, out, strict=True)]

@@ -80,15 +80,16 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
         ids = torch.cat([text.train[i] for i in idx])
         return sparse_kl_loss(TeacherTargets.cat([targets[i] for i in idx]), student_logits(ids))
 
-    held_before = quality(text.held_out, held_h)
-    ref_before = quality(reference, ref_h) if reference else None
-    with autocast(device, teacher.dtype):
+    with autocast(device, teacher.dtype):  # before, during and after alike, so they compare
+        held_before = quality(text.held_out, held_h)
+        ref_before = quality(reference, ref_h) if reference else None
         result = fit(list(trained.values()), batch_loss, lambda: quality(text.held_out, held_h)["kl"],
-                     len(text.train), cfg, "Healing (end to end)", torch.Generator().manual_seed(cfg.seed))
-    for p in trained.values():
-        p.requires_grad_(False)
-    held_after = quality(text.held_out, held_h)
-    ref_after = quality(reference, ref_h) if reference else None
+                     len(text.train), cfg, "Healing (end to end)", torch.Generator().manual_seed(cfg.seed),
+                     initial=held_before["kl"])
+        for p in trained.values():
+            p.requires_grad_(False)
+        held_after = quality(text.held_out, held_h)
+        ref_after = quality(reference, ref_h) if reference else None
     for i in range(len(plan.layers)):
         prefix = f"{spec.layers_prefix}.{i}."
         weights.save_layer(i, {n: p for n, p in trained.items() if n.startswith(prefix)})
