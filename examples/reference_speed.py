@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -49,26 +50,36 @@ pruner.compress(float(sys.argv[2]))
 
 
 def _measure(cmd: list[str], env: dict, timeout: float) -> dict:
-    """Wall time and peak RSS (the process and its children) of one run; a failure or timeout is recorded."""
-    start = time.perf_counter()
-    proc = psutil.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak, stopped = 0, False
-    while proc.poll() is None:
-        with contextlib.suppress(psutil.Error):
-            peak = max(peak, sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]))
-        if time.perf_counter() - start > timeout:
-            stopped = True
-            for p in [*proc.children(recursive=True), proc]:
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
-            proc.wait()
-            break
-        time.sleep(0.05)
-    out = {"seconds": round(time.perf_counter() - start, 2), "peak_rss_mb": round(peak / 2**20, 1)}
+    """Wall time and peak RSS (the process and its children) of one run; a failure or timeout is recorded.
+
+    stderr goes to a file, not a pipe (a full pipe would stall the run); a stopped reference run reports
+    how many of its episodes it had finished (its log says ``Episode k/N``).
+    """
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = psutil.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        peak, stopped = 0, False
+        while proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]))
+            if time.perf_counter() - start > timeout:
+                stopped = True
+                for p in [*proc.children(recursive=True), proc]:
+                    with contextlib.suppress(psutil.Error):
+                        p.kill()
+                proc.wait()
+                break
+            time.sleep(0.05)
+        out = {"seconds": round(time.perf_counter() - start, 2), "peak_rss_mb": round(peak / 2**20, 1)}
+        err.seek(0)
+        log = err.read().decode(errors="replace")
+    episodes = re.findall(r"Episode (\d+)/\d+", log)
     if stopped:
         out["stopped_after_timeout"] = True
+        if episodes:
+            out["episodes_done"] = int(episodes[-1])
     elif proc.returncode != 0:
-        out["error"] = proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        out["error"] = log.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
     return out
 
 
@@ -107,12 +118,13 @@ def main() -> int:
                         "scipy"], check=True)
         link = Path(tmp) / "smollm2-llama"
         link.symlink_to(model)
-        sides = {
-            "ours": ([sys.executable, "-c", _OURS, str(model), str(args.ratio), str(args.episodes), args.method], env),
-            "reference": ([sys.executable, "-c", _REFERENCE, str(link), str(args.ratio), str(args.episodes),
-                           str(Path(tmp) / "ckpt")], {**env, "PYTHONPATH": str(site)}),
-        }
         for round_ in range(1, args.rounds + 1):
+            sides = {  # a fresh save_dir each round: the reference loads a policy it finds there instead of training
+                "ours": ([sys.executable, "-c", _OURS, str(model), str(args.ratio), str(args.episodes), args.method],
+                         env),
+                "reference": ([sys.executable, "-c", _REFERENCE, str(link), str(args.ratio), str(args.episodes),
+                               str(Path(tmp) / f"ckpt-{round_}")], {**env, "PYTHONPATH": str(site)}),
+            }
             for side, (cmd, side_env) in sides.items():
                 run = _measure(cmd, side_env, args.timeout)
                 runs[side].append(run)
@@ -126,6 +138,10 @@ def main() -> int:
             bound = "" if "seconds" in ref else "_at_least"
             result["speedup" + bound] = round(ref_s / ours["seconds"], 2)
             result["memory_ratio" + ("" if "seconds" in ref else "_at_most")] = round(ours["peak_rss_mb"] / ref_mb, 3)
+        paced = [r["seconds"] * args.episodes / r["episodes_done"] for r in runs["reference"] if r.get("episodes_done")]
+        if "seconds" not in ref and paced:  # stopped runs: their pace per finished episode, over every episode
+            result["reference"]["seconds_projected"] = round(statistics.median(paced), 1)
+            result["speedup_projected"] = round(statistics.median(paced) / ours["seconds"], 1)
     print(json.dumps(result, indent=1))
     failed = any("error" in r for side in runs.values() for r in side) or "seconds" not in ours
     return 1 if failed else 0

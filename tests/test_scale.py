@@ -185,10 +185,13 @@ def test_reference_speed_records_failures_and_stopped_runs():
     env = dict(os.environ)
     ok = rs._measure([sys.executable, "-c", "import time; b = b'x' * (100 << 20); time.sleep(0.5)"], env, timeout=60)
     failed = rs._measure([sys.executable, "-c", "raise SystemExit('boom')"], env, timeout=60)
-    stopped = rs._measure([sys.executable, "-c", "import time; time.sleep(30)"], env, timeout=1.0)
+    stopped = rs._measure([sys.executable, "-c", "import sys, time; sys.stderr.write('x' * 200_000 + "
+                           "'Episode 1/20 | Loss 1\\nEpisode 2/20 | Loss 1\\n'); sys.stderr.flush(); time.sleep(30)"],
+                          env, timeout=3.0)
     assert "error" not in ok and ok["peak_rss_mb"] >= 100
     assert failed["error"] == ["boom"]
     assert stopped["stopped_after_timeout"] and stopped["seconds"] < 10
+    assert stopped["episodes_done"] == 2  # read from its log, which outgrew a pipe's buffer without stalling it
     summary = rs._summary([ok, failed, stopped, {**ok, "seconds": ok["seconds"] + 2}])
     assert summary["seconds"] == pytest.approx(ok["seconds"] + 1)  # median of the completed runs
     assert summary["seconds_at_least"] == stopped["seconds"] and len(summary["runs"]) == 4
