@@ -80,16 +80,27 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
         ids = torch.cat([text.train[i] for i in idx])
         return sparse_kl_loss(TeacherTargets.cat([targets[i] for i in idx]), student_logits(ids))
 
+    def reported(rows_: list[torch.Tensor], hidden: list[torch.Tensor]) -> dict | None:
+        """Quality on the reference text: the report's share of healing (never used for stopping)."""
+        nonlocal report_s
+        t = time.perf_counter()
+        out = quality(rows_, hidden) if rows_ else None
+        report_s += time.perf_counter() - t
+        return out
+
+    report_s = 0.0
     with autocast(device, teacher.dtype):  # before, during and after alike, so they compare
         held_before = quality(text.held_out, held_h)
-        ref_before = quality(reference, ref_h) if reference else None
+        ref_before = reported(reference, ref_h)
         result = fit(list(trained.values()), batch_loss, lambda: quality(text.held_out, held_h)["kl"],
                      len(text.train), cfg, "Healing (end to end)", torch.Generator().manual_seed(cfg.seed),
                      initial=held_before["kl"])
         for p in trained.values():
             p.requires_grad_(False)
         held_after = quality(text.held_out, held_h)
-        ref_after = quality(reference, ref_h) if reference else None
+        ref_after = reported(reference, ref_h)
+    if reference:
+        log.info("healing: %.0f s measuring the reference text before and after", report_s)
     for i in range(len(plan.layers)):
         prefix = f"{spec.layers_prefix}.{i}."
         weights.save_layer(i, {n: p for n, p in trained.items() if n.startswith(prefix)})
