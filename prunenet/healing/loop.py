@@ -25,10 +25,10 @@ WARMUP = 10
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
-    """Mixed precision on a GPU whose compute dtype is narrower than fp32 (master weights stay fp32);
-    nothing on the CPU, whose bf16 products are slower than fp32 ones."""
-    if device.type == "cuda" and dtype != torch.float32:
-        return torch.autocast("cuda", dtype=dtype)
+    """Mixed precision when the teacher computes narrower than fp32 (master weights stay fp32): on a GPU,
+    or a CPU with native bf16 products (:func:`~prunenet.device.layer_dtype` chose that dtype)."""
+    if dtype != torch.float32:
+        return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
 
 
