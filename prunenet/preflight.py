@@ -163,9 +163,11 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
     if planning:
         phases.append(PhaseEstimate("capture" if self_text else "read", streamed + summaries,
                                     "use --self-data 0 or --method prunenet (compact summaries), or another --device"))
-    # the writer holds one tensor at a time; its validation reads the source and the export back, one layer each
+    # the writer holds one tensor at a time; its validation reads the source and the export back, one layer
+    # each, always in fp32 (exporters.hf.validate); the quality report computes in the layer dtype
     two_streams = _two_streams(ckpt, spec, per_layer, rest)
-    phases.append(PhaseEstimate("write", max(3 * largest, two_streams if validate else 0),
+    per_layer32, rest32, _ = _sizes(ckpt, spec, 4)
+    phases.append(PhaseEstimate("write", max(3 * largest, _two_streams(ckpt, spec, per_layer32, rest32) if validate else 0),
                                 "use --no-validate (skips the reload check), free memory or use another --device"))
     if evaluate:
         hidden = 2 * EVAL_TOKENS * d * compute * 3

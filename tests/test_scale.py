@@ -292,6 +292,29 @@ def test_preflight_estimate_brackets_the_measured_peak(tmp_path, shape, layers, 
         assert need < 23.0e9  # what a 24 GB machine offers: the run that fits is accepted
 
 
+# Every default (2,048 tokens of self-text, the quality report), 32-layer llama2-7b, on a CPU with native
+# bf16 products, where the one-layer phases compute in bf16 (docs/scale.md).
+MEASURED_DEFAULT_PEAKS = {"self-text": 13.997, "capture": 4.853, "write": 3.906, "eval": 1.927}
+
+
+def test_preflight_estimate_brackets_the_measured_defaults_peaks_with_native_bf16(tmp_path, monkeypatch):
+    """The export's own self-check computes in fp32 whatever the layer dtype; its estimate must say so."""
+    import torch
+
+    from prunenet import device as dev
+    from prunenet.planning.config import PruneConfig
+    from prunenet.preflight import RUNTIME_BYTES, estimate_phases
+    from prunenet.source.checkpoint import Checkpoint
+
+    monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: True)
+    ckpt = Checkpoint(_header_only_checkpoint("llama2-7b", 32, tmp_path / "ckpt"))
+    phases = estimate_phases(ckpt, PruneConfig(ratio=0.3), evaluate=True, device=torch.device("cpu"))
+    need = {p.name: (p.need + RUNTIME_BYTES) / 2**30 for p in phases}
+    for phase, measured in MEASURED_DEFAULT_PEAKS.items():
+        assert measured <= need[phase] <= 1.6 * measured, (phase, need[phase])
+    assert need["self-text"] * 2**30 < 16e9 * 1.1  # the whole bf16 model: within the 16 GB the defaults target
+
+
 @pytest.mark.slow
 def test_smoke_2_layer_7b_shape(tmp_path):
     """Build a 2-layer LLaMA-2-7B shape, then prune it weights-only through the benchmark's run path."""
