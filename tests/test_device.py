@@ -41,3 +41,17 @@ def test_healing_autocasts_exactly_when_the_teacher_is_narrower():
 
 def test_fast_bf16_probe_answers_a_bool():
     assert isinstance(dev.cpu_has_fast_bf16(), bool)
+
+
+def test_training_inside_one_autocast_context_sees_its_own_updates():
+    """autocast's cast cache would keep the first bf16 copy of the weight for the whole context."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.5)
+    with autocast(CPU, torch.bfloat16):
+        before = lin(x).float()
+        lin(x).float().pow(2).mean().backward()
+        opt.step()
+        after = lin(x).float()
+    assert (after - before).abs().max() > 1e-2

@@ -26,9 +26,13 @@ WARMUP = 10
 
 def autocast(device: torch.device, dtype: torch.dtype):
     """Mixed precision when the teacher computes narrower than fp32 (master weights stay fp32): on a GPU,
-    or a CPU with native bf16 products (:func:`~prunenet.device.layer_dtype` chose that dtype)."""
+    or a CPU with native bf16 products (:func:`~prunenet.device.layer_dtype` chose that dtype).
+
+    Without its cast cache: autocast keeps the narrow copy of a weight that requires grad until the
+    context exits, and the whole loop runs inside one, so every forward would see the weights as they
+    were at the first step and healing would never move the held-out loss."""
     if dtype != torch.float32:
-        return torch.autocast(device.type, dtype=dtype)
+        return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
     return contextlib.nullcontext()
 
 
