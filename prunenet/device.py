@@ -12,7 +12,8 @@ import torch
 
 from prunenet.errors import PruneNetError
 
-__all__ = ["resolve_device", "available_bytes", "model_dtype", "layer_dtype", "cpu_has_fast_bf16", "MEMORY_BUDGET_ENV"]
+__all__ = ["resolve_device", "available_bytes", "model_dtype", "layer_dtype", "cpu_has_fast_bf16", "heal_source_dtype",
+           "MEMORY_BUDGET_ENV"]
 
 MEMORY_BUDGET_ENV = "PRUNENET_MEMORY_BUDGET_GB"
 """Caps the memory the pre-flight check assumes is available (GB, applies to every device)."""
@@ -76,3 +77,16 @@ def layer_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
     if device.type != "cpu" or (stored == torch.bfloat16 and cpu_has_fast_bf16()):
         return stored
     return torch.float32
+
+
+def heal_source_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype end-to-end healing treats the source as, for its self-text (:func:`model_dtype` of it) and
+    its teacher (:func:`layer_dtype` of it); the student keeps fp32 master weights either way.
+
+    ``stored``, except that a CPU with native bf16 products heals an fp32 source as bf16: measured on the
+    default model at ratio 0.3 (2-core AVX-512 CPU, fp32 vs bf16, 60 steps): 385 vs 249 s, reference KL 0.539 vs
+    0.543; the time saved buys the default 100 steps (388 s: KL 0.535, perplexity x1.700).
+    """
+    if device.type == "cpu" and stored == torch.float32 and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return stored

@@ -55,3 +55,14 @@ def test_training_inside_one_autocast_context_sees_its_own_updates():
         opt.step()
         after = lin(x).float()
     assert (after - before).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_healing_treats_an_fp32_source_as_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, fast):
+    monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: fast)
+    narrow = torch.bfloat16 if fast else torch.float32
+    assert dev.heal_source_dtype(torch.float32, CPU) == narrow
+    assert dev.layer_dtype(dev.heal_source_dtype(torch.float32, CPU), CPU) == narrow
+    assert dev.model_dtype(dev.heal_source_dtype(torch.float32, CPU), CPU) == narrow
+    assert dev.heal_source_dtype(torch.float16, CPU) == torch.float16  # computes in fp32 there anyway
+    assert dev.heal_source_dtype(torch.float32, CUDA) == torch.float32

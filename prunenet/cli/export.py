@@ -48,7 +48,7 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
               help="Distil the pruned FFNs toward the dense model on text the model writes itself (no user data).")
 @click.option("--heal-tokens", type=click.IntRange(min=1), default=12288, show_default=True,
               help="Self-text tokens generated for healing (1/8 held out for early stopping).")
-@click.option("--heal-steps", type=click.IntRange(min=1), default=60, show_default=True,
+@click.option("--heal-steps", type=click.IntRange(min=1), default=100, show_default=True,
               help="Most optimizer steps (per block with --heal-mode block); early stopping may end sooner.")
 @click.option("--heal-lr", type=click.FloatRange(min=0, min_open=True), default=4e-4, show_default=True)
 @click.option("--heal-batch", type=click.IntRange(min=1), default=4, show_default=True,
@@ -74,7 +74,7 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
     Example:
       prunenet-export --ratio 0.3 --target vllm --out out && prunenet serve out   # or: vllm serve ./out (CUDA vLLM)
       prunenet-export --model ./my-llama --ratio 0.2 --policy out/prunenet-policy.safetensors --out out-0.2
-      prunenet-export --ratio 0.3 --heal --heal-tokens 12288 --heal-steps 60 --out out-healed
+      prunenet-export --ratio 0.3 --heal --heal-tokens 12288 --heal-steps 100 --out out-healed
     """
     setup_output(quiet, verbose, as_json)
     from prunenet.healing.config import HealConfig

@@ -22,7 +22,7 @@ class HealConfig:
     """Self-text tokens generated for healing (training and held-out together)."""
     sample_len: int = 256
     """Tokens per self-text sample (one training sequence)."""
-    steps: int = 60
+    steps: int = 100
     """Most optimizer steps (per block in block mode); early stopping usually ends sooner."""
     lr: float = 4e-4
     batch: int = 4

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from prunenet.device import layer_dtype
+from prunenet.device import heal_source_dtype, layer_dtype
 from prunenet.healing.config import HealConfig
 from prunenet.healing.data import HealingText
 from prunenet.healing.loop import autocast, fit
@@ -43,7 +43,8 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
     start = time.perf_counter()
     reference = reference or []
     rows = text.train + text.held_out + reference
-    teacher = LayerwiseModel(source, device=device, dtype=layer_dtype(Checkpoint(source).dtype, device))
+    teacher = LayerwiseModel(source, device=device,
+                             dtype=layer_dtype(heal_source_dtype(Checkpoint(source).dtype, device), device))
     finals = teacher.final_hidden(rows, label="Dense pass over the healing text")  # one layer resident
     held_h = finals[len(text.train): len(text.train) + len(text.held_out)]
     ref_h = finals[len(text.train) + len(text.held_out):]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from prunenet.device import model_dtype
+from prunenet.device import heal_source_dtype, model_dtype
 from prunenet.errors import PruneNetError
 from prunenet.healing.config import HealConfig
 from prunenet.healing.data import HealingText, healing_text
@@ -75,7 +75,7 @@ def heal_plan(source: Path, plan: PruningPlan, cfg: HealConfig, *, device: torch
     mode = choose_mode(ckpt, plan, cfg, device)
     if text is None:
         with phases.phase("heal-text", device):
-            text = healing_text(source, cfg, device, model_dtype(ckpt.dtype, device))
+            text = healing_text(source, cfg, device, model_dtype(heal_source_dtype(ckpt.dtype, device), device))
     weights = HealedWeights(workdir)
     run = heal_end_to_end if mode == "end-to-end" else heal_blockwise
     with phases.phase("heal", device):
