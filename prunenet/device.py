@@ -80,8 +80,8 @@ def layer_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
 
 
 def heal_source_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
-    """The dtype end-to-end healing treats the source as, for its self-text (:func:`model_dtype` of it) and
-    its teacher (:func:`layer_dtype` of it); the student keeps fp32 master weights either way.
+    """The dtype healing treats the source as, for its self-text (:func:`model_dtype` of it) and its dense
+    layers (:func:`layer_dtype` of it), in both modes; what it trains keeps fp32 master weights either way.
 
     ``stored``, except that a CPU with native bf16 products heals an fp32 source as bf16: measured on the
     default model at ratio 0.3 (2-core AVX-512 CPU, fp32 vs bf16, 60 steps): 385 vs 249 s, reference KL 0.539 vs

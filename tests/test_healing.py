@@ -32,6 +32,15 @@ CPU = torch.device("cpu")
 MODES = {"end-to-end": heal_end_to_end, "block": heal_blockwise}
 
 
+@pytest.fixture(autouse=True)
+def fp32_cpu(monkeypatch):
+    """The exact comparisons below are of the fp32 path; a CPU with native bf16 would heal in bf16
+    (``test_bf16_healing_learns_and_its_export_reloads`` covers that path on any CPU)."""
+    import prunenet.device
+
+    monkeypatch.setattr(prunenet.device, "cpu_has_fast_bf16", lambda: False)
+
+
 def _text(cfg: HealConfig, n: int = 24, length: int = 33, vocab: int = 500):
     g = torch.Generator().manual_seed(1)
     return split_rows([torch.randint(0, vocab, (1, length), generator=g) for _ in range(n)], cfg)
@@ -114,6 +123,30 @@ def test_healed_export_reloads_with_its_widths_and_healed_logits(tiny_models, tm
     assert q["kl"] == pytest.approx(outcome.held_out_after["kl"], rel=1e-4, abs=1e-7)
     assert changed > 1e-4  # the healed tensors, not the sliced source ones, were written
 
+
+
+def test_bf16_healing_learns_and_its_export_reloads(tiny_models, tmp_path, monkeypatch):
+    """On a CPU with native bf16 an fp32 source heals in bf16 (fp32 master weights): it must still learn
+    (autocast's cast cache once froze it) and write what it measured."""
+    import prunenet.device
+
+    monkeypatch.setattr(prunenet.device, "cpu_has_fast_bf16", lambda: True)
+    src = tiny_models["llama"]
+    cfg = _cfg()
+    text = _text(cfg)
+    plan = outlier_plan(src)
+    outcome = heal_end_to_end(src, plan, text, cfg, device=CPU, weights=HealedWeights(tmp_path / "healed"))
+    assert outcome.held_out_after["kl"] < 0.9 * outcome.held_out_before["kl"]
+    out = tmp_path / "out"
+    export_hf(src, plan, out, ExportConfig(dtype="float32", healed=tmp_path / "healed"))
+    exported = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    dense = AutoModelForCausalLM.from_pretrained(src).eval()
+    with torch.no_grad():
+        q = row_quality(text.held_out, lambda i: dense(text.held_out[i]).logits,
+                        lambda i: exported(text.held_out[i]).logits)
+    assert q["kl"] == pytest.approx(outcome.held_out_after["kl"], rel=0.05)  # fp32 reload vs bf16 measure
+    _, blk = _heal(src, "block", tmp_path / "blk", cfg)
+    assert blk.held_out_before["kl"] == pytest.approx(outcome.held_out_before["kl"], rel=0.05)
 
 def _healing_cli(src: Path, out: Path, *extra: str) -> list[str]:
     return ["export", "--model", str(src), "--ratio", "0.3", "--align", "16", "--episodes", "2", "--self-data", "0",

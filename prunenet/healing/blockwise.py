@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from prunenet.device import layer_dtype
+from prunenet.device import heal_source_dtype, layer_dtype
 from prunenet.healing.config import HealConfig
 from prunenet.healing.data import HealingText
 from prunenet.healing.loop import autocast, fit
@@ -41,7 +41,8 @@ def heal_blockwise(source: Path, plan: PruningPlan, text: HealingText, cfg: Heal
     reference = reference or []
     n_train, n_held = len(text.train), len(text.held_out)
     rows = text.train + text.held_out + reference
-    lm = LayerwiseModel(source, device=device, dtype=layer_dtype(Checkpoint(source).dtype, device))
+    lm = LayerwiseModel(source, device=device,
+                        dtype=layer_dtype(heal_source_dtype(Checkpoint(source).dtype, device), device))
     with status("Preparing the block-by-block pass"):
         dense, kwargs = lm.prepare(rows)
     healed = list(dense)
