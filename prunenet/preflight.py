@@ -164,15 +164,15 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
         phases.append(PhaseEstimate("capture" if self_text else "read", streamed + summaries,
                                     "use --self-data 0 or --method prunenet (compact summaries), or another --device"))
     # the writer holds one tensor at a time; its validation reads the source and the export back, one layer
-    # each, always in fp32 (exporters.hf.validate); the quality report computes in the layer dtype
-    two_streams = _two_streams(ckpt, spec, per_layer, rest)
-    per_layer32, rest32, _ = _sizes(ckpt, spec, 4)
-    phases.append(PhaseEstimate("write", max(3 * largest, _two_streams(ckpt, spec, per_layer32, rest32) if validate else 0),
+    # each, always in fp32 (exporters.hf.validate)
+    validation = _two_streams(ckpt, spec, *_sizes(ckpt, spec, 4)[:2]) if validate else 0
+    phases.append(PhaseEstimate("write", max(3 * largest, validation),
                                 "use --no-validate (skips the reload check), free memory or use another --device"))
-    if evaluate:
+    if evaluate:  # the quality report streams both models the same way, in the layer dtype
         hidden = 2 * EVAL_TOKENS * d * compute * 3
         logits = 512 * vocab * 4 * 4
-        phases.append(PhaseEstimate("eval", two_streams + hidden + logits, "use --no-eval"))
+        phases.append(PhaseEstimate("eval", _two_streams(ckpt, spec, per_layer, rest) + hidden + logits,
+                                    "use --no-eval"))
     return phases
 
 

@@ -124,7 +124,6 @@ def test_healed_export_reloads_with_its_widths_and_healed_logits(tiny_models, tm
     assert changed > 1e-4  # the healed tensors, not the sliced source ones, were written
 
 
-
 def test_bf16_healing_learns_and_its_export_reloads(tiny_models, tmp_path, monkeypatch):
     """On a CPU with native bf16 an fp32 source heals in bf16 (fp32 master weights): it must still learn
     (autocast's cast cache once froze it) and write what it measured."""
@@ -147,6 +146,7 @@ def test_bf16_healing_learns_and_its_export_reloads(tiny_models, tmp_path, monke
     assert q["kl"] == pytest.approx(outcome.held_out_after["kl"], rel=0.05)  # fp32 reload vs bf16 measure
     _, blk = _heal(src, "block", tmp_path / "blk", cfg)
     assert blk.held_out_before["kl"] == pytest.approx(outcome.held_out_before["kl"], rel=0.05)
+
 
 def _healing_cli(src: Path, out: Path, *extra: str) -> list[str]:
     return ["export", "--model", str(src), "--ratio", "0.3", "--align", "16", "--episodes", "2", "--self-data", "0",
