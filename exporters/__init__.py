@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prunenet.planning.plan import PruningPlan
+from prunenet.quantization.schemes import QuantSpec
 
 __all__ = ["ExportConfig", "EXPORTERS", "export_hf", "export_onnx_target"]
 
@@ -33,6 +34,8 @@ class ExportConfig:
     """dtype of the written weights ('bfloat16', 'float16', 'float32'); None keeps the source's."""
     healed: Path | None = None
     """A :class:`~prunenet.healing.weights.HealedWeights` directory: its tensors replace the sliced source ones."""
+    quant: QuantSpec | None = None
+    """Decoder linears written quantized (compressed-tensors); None: floating point."""
 
 
 def export_hf(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> dict[str, Any]:
@@ -44,12 +47,12 @@ def export_hf(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> 
 
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
     healed = HealedWeights(cfg.healed) if cfg.healed is not None else None
-    config = write_hf_checkpoint(source, plan, out, compat=cfg.compat, dtype=dtype, healed=healed)
+    config = write_hf_checkpoint(source, plan, out, compat=cfg.compat, dtype=dtype, healed=healed, quant=cfg.quant)
     report: dict[str, Any] = {"architecture": config["architectures"][0], "compat": cfg.compat,
                               "dtype": config.get("dtype") or config.get("torch_dtype")}
     if cfg.validate:
         report["max_logit_diff"] = validate_hf_export(source, out, plan, dtype=dtype, device=cfg.device,
-                                                       healed=healed)
+                                                       healed=healed, quant=cfg.quant)
     return report
 
 

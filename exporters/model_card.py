@@ -79,6 +79,16 @@ def _healing_rows(plan: PruningPlan) -> str:
             "| text | KL(dense \\|\\| pruned) | perplexity ratio |\n|---|---|---|\n" + table + "\n")
 
 
+def _quant_row(plan: PruningPlan) -> str:
+    """What ``--quant`` chose, as the plan records it (``plan.extra["quantization"]``)."""
+    q = plan.extra.get("quantization")
+    if not q:
+        return "none (floating-point weights)"
+    return (f"`{q['scheme']}` ({q['format']}): {q['bits']}-bit {q['type']} weights, symmetric, per "
+            f"{q['granularity']}, {q['clipping']} scales; activations {q['activations']}; embeddings and "
+            "LM head unquantized")
+
+
 def write_model_card(out: Path, plan: PruningPlan, stats: dict[str, Any], quality: dict[str, Any] | None,
                      target: str, load_hint: str) -> Path:
     widths = plan.widths
@@ -100,6 +110,7 @@ Structured FFN pruning by prunenet-deploy {__version__} (PruneNet, calibration-f
 | parameters | {stats['params_before']:,} -> {stats['params_after']:,} ({stats['param_reduction']:.2%} fewer) |
 | FFN parameters | {stats['ffn_params_before']:,} -> {stats['ffn_params_after']:,} |
 | target | `{target}` |
+| quantization | {_quant_row(plan)} |
 
 ## Widths per layer
 

@@ -8,6 +8,7 @@ import click
 
 from prunenet.planning.allocation import ALLOCATIONS
 from prunenet.planning.methods import METHODS
+from prunenet.quantization.schemes import QUANT_CHOICES
 
 from .common import emit_json, handle_errors, setup_output, verbosity_options
 
@@ -56,6 +57,10 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
 @click.option("--heal-mode", type=click.Choice(["auto", "end-to-end", "block"]), default="auto", show_default=True,
               help="end-to-end distils logits (needs the pruned model and its optimizer state on the device); "
                    "block heals one decoder block at a time; auto picks end-to-end when it fits.")
+@click.option("--quant", type=click.Choice(QUANT_CHOICES), default="none", show_default=True,
+              help="Quantize every decoder linear after pruning (data-free; compressed-tensors format).")
+@click.option("--quant-group", type=click.IntRange(min=2), default=None,
+              help="Group size of w4a16 scales [default: the largest of 128/64/32 dividing every K per rank].")
 @click.option("--no-eval", is_flag=True, help="Skip the quality report.")
 @click.option("--no-validate", is_flag=True,
               help="Skip the export's self-check: reloading it and comparing logits with the pruned source "
@@ -66,7 +71,7 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
 @verbosity_options
 @handle_errors
 def command(model, ratio, target, out, method, allocation, align, tp, episodes, lr, seed, device, policy,
-            plan_file, self_data, dtype, compat, heal, heal_tokens, heal_steps, heal_lr, heal_batch, heal_mode, no_eval,
+            plan_file, self_data, dtype, compat, heal, heal_tokens, heal_steps, heal_lr, heal_batch, heal_mode, quant, quant_group, no_eval,
             no_validate, force, as_json, quiet, verbose) -> None:
     """Prune FFN neurons with PruneNet (no calibration data) and export the model.
 
@@ -86,7 +91,8 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
     request = ExportRequest(model=model, out=out, target=target, compat=compat, evaluate=not no_eval, force=force,
                             validate=not no_validate, plan=plan_file, dtype=dtype,
                             heal=HealConfig(tokens=heal_tokens, steps=heal_steps, lr=heal_lr, batch=heal_batch,
-                                            mode=heal_mode, seed=seed) if heal else None)
+                                            mode=heal_mode, seed=seed) if heal else None,
+                            quant=quant, quant_group=quant_group)
     result = run_export(request, cfg)
     if as_json:
         emit_json(result)

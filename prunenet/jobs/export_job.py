@@ -32,6 +32,10 @@ class ExportRequest:
     """dtype of the written weights: auto (the source's; bfloat16 for a GGUF-dequantized source) or a name."""
     heal: Any = None
     """A :class:`~prunenet.healing.config.HealConfig` to heal the pruned model with; None: no healing."""
+    quant: str = "none"
+    """Weight quantization scheme applied after pruning and healing (:data:`prunenet.quantization.schemes.SCHEMES`)."""
+    quant_group: int | None = None
+    """Group size of a grouped scheme; None: the largest of 128/64/32 dividing every K per rank."""
 
 
 def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
@@ -46,11 +50,14 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     from prunenet.planning.stats import parameter_stats
     from prunenet.policy.network import POLICY_FILE, save_policy
     from prunenet.preflight import check_memory
+    from prunenet.quantization.request import plan_with_quant, prepare_quant
     from prunenet.source.checkpoint import Checkpoint
     from prunenet.source.resolve import resolve_model
 
     source = resolve_model(req.model)
     check_output_dir(req.out, force=req.force, source=source.path)  # fail before any training
+    quant, align = prepare_quant(source.path, req.quant, req.quant_group, cfg.tp, cfg.align)
+    cfg = replace(cfg, align=align)  # widths the scheme's kernels accept
     device = resolve_device(cfg.device)
     # before any long step: refuse what cannot fit, write nothing
     check_memory(Checkpoint(source.path), cfg, evaluate=req.evaluate and req.target != "onnx", device=device,
@@ -58,7 +65,8 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     phases = PhaseLog()
     result = (_saved_plan(req.plan, source.path) if req.plan
               else make_plan(source.path, cfg, source_name=source.name, phases=phases))
-    plan = replace(result.plan, extra={k: v for k, v in result.plan.extra.items() if k != "healing"})
+    plan = replace(result.plan, extra={k: v for k, v in result.plan.extra.items() if k not in ("healing", "quantization")})
+    plan = plan_with_quant(plan, quant, cfg.tp)
     stats = parameter_stats(source.path, plan)
     warnings: list[str] = [] if req.validate else ["the export was not validated (--no-validate)"]
     with staged_output(req.out, force=req.force, source=source.path) as stage:
@@ -67,7 +75,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
             healing = _heal(source.path, plan, req, device, stage / ".prunenet-healed", phases, cfg.policy)
             plan, healed_dir = replace(plan, extra={**plan.extra, "healing": healing.record()}), healing.weights.root
         export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=str(device),
-                                  dtype=_output_dtype(req.dtype, source), healed=healed_dir)
+                                  dtype=_output_dtype(req.dtype, source), healed=healed_dir, quant=quant)
         with phases.phase("write", device):
             report = EXPORTERS[req.target](source.path, plan, stage, export_cfg)
         if healed_dir is not None:
@@ -99,6 +107,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         "widths": plan.widths, "stats": stats, "export": report, "quality": quality, "warnings": warnings,
         "policy_fingerprint": plan.policy_fingerprint, "source_fingerprint": plan.source_fingerprint,
         "phases": phases.to_list(), "healing": plan.extra.get("healing"),
+        "quantization": plan.extra.get("quantization"),
     }
 
 

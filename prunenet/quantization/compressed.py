@@ -39,6 +39,12 @@ class CompressedReader:
                 yield base + "weight", self.compressor.decompress(local, self.scheme)["weight"]
 
 
+    def activations(self) -> str | None:
+        """'int' / 'float' when inputs are quantized per token at run time, else None."""
+        acts = self.scheme.input_activations
+        return None if acts is None else str(getattr(acts.type, "value", acts.type))
+
+
 def compressed_reader(config: dict[str, Any]) -> CompressedReader | None:
     """The reader for a directory whose config.json has a compressed-tensors ``quantization_config``."""
     qc = config.get("quantization_config")

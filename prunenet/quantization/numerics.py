@@ -88,3 +88,16 @@ def fake_quantize(w: torch.Tensor, scheme: QuantScheme, group: int | None = None
     """The weight a reader of the quantized checkpoint reconstructs, in ``w``'s dtype."""
     scale = compute_scales(w, scheme, group, clipping, scale_dtype)
     return dequantize(quantize(w, scale, scheme), scale, w.dtype)
+
+
+def fake_quantize_activations(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Dynamic symmetric per-token 8-bit quantize-dequantize of a linear's input (``kind`` 'int' or 'float'),
+    as compressed-tensors computes it at run time: scale = each token's max |x| / (half the grid's span)."""
+    span = 448.0 if kind == "float" else 127.5
+    xf = x.float()
+    scale = (xf.abs().amax(dim=-1, keepdim=True) / span).clamp_min(_TINY)
+    if kind == "float":
+        q = (xf / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).float()
+    else:
+        q = torch.round(xf / scale).clamp(-128, 127)
+    return (q * scale).to(x.dtype)

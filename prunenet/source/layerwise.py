@@ -89,6 +89,12 @@ class LayerwiseModel:
                  else ((n, self.ckpt.get(n)) for n in names))
         for name, value in pairs:
             self._set(name, value)
+        if self._reader is not None and self._reader.activations():
+            from prunenet.quantization.apply import quantize_inputs_
+
+            quantized = {n.removesuffix("_scale") for n in names if n.endswith(".weight_scale")}
+            quantize_inputs_(self.layers[layer], f"{self.spec.layers_prefix}.{layer}.", quantized,
+                             self._reader.activations())
         self._check_complete(self.layers[layer])
         return self.layers[layer]
 
