@@ -56,7 +56,7 @@ def test_non_uniform_quantized_export_loads_in_transformers_and_matches(tiny_mod
     assert qc["quantization_status"] == "compressed"
     assert report["quantization"]["scheme"] == scheme and report["export"]["max_logit_diff"] < 1e-3
     with safe_open(str(out / "model.safetensors"), "pt") as f:
-        kinds = {k.rpartition(".")[2]: f.get_slice(k).get_dtype() for k in f.keys() if ".mlp.down_proj." in k}
+        kinds = {k.rpartition(".")[2]: f.get_slice(k).get_dtype() for k in f.keys() if ".mlp.down_proj." in k}  # noqa: SIM118
         assert f.get_slice("model.embed_tokens.weight").get_dtype() == "F32"  # embeddings stay unquantized
     assert kinds == ({"weight_packed": "I32", "weight_scale": "F32", "weight_shape": "I64"} if scheme == "w4a16"
                      else {"weight": "I8" if scheme == "w8a8" else "F8_E4M3", "weight_scale": "F32"})
