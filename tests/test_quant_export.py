@@ -89,3 +89,21 @@ def test_quant_aligns_widths_to_the_group(tiny_models, tmp_path):
     report = _export(tiny_models["llama"], tmp_path / "out", "--ratio", "0.3", "--align", "16", "--quant", "w4a16")
     assert report["quantization"]["group"] == 64  # hidden 64: the largest of 128/64/32 dividing every K
     assert all(w % 64 == 0 for w in report["widths"]), report["widths"]
+
+
+def test_quality_report_shows_quantizations_own_share(tiny_models, tmp_path):
+    from tiny_models import with_tokenizer
+
+    src = with_tokenizer(tiny_models["llama"], tmp_path / "src")
+    args = ["--model", str(src), "--self-data", "0", "--episodes", "1", "--ratio", "0.45", "--json"]
+    runner = CliRunner()
+    plain = runner.invoke(main, ["export", *args, "--out", str(tmp_path / "plain")])
+    assert plain.exit_code == 0, plain.output
+    quant = runner.invoke(main, ["export", *args, "--out", str(tmp_path / "q"), "--quant", "w4a16",
+                                 "--plan", str(tmp_path / "plain" / "prunenet-plan.json")])
+    assert quant.exit_code == 0, quant.output
+    q = json.loads(quant.output[quant.output.index("{"):])["quality"]
+    p = json.loads(plain.output[plain.output.index("{"):])["quality"]
+    assert q["unquantized"]["kl"] == pytest.approx(p["kl"], rel=1e-4, abs=1e-6)  # the same plan, unquantized
+    assert q["kl"] != pytest.approx(p["kl"], rel=1e-3)  # 4-bit weights do change the output
+    assert q["quantization_kl"] == pytest.approx(q["kl"] - p["kl"], rel=1e-3, abs=1e-6)

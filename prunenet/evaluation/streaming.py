@@ -24,11 +24,12 @@ __all__ = ["compare_streaming"]
 
 def compare_streaming(dense_dir: Path, pruned_dir: Path, windows: list[torch.Tensor], *,
                       device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                      meta: dict[str, Any] | None = None) -> QualityReport:
+                      meta: dict[str, Any] | None = None, pruned_edit=None) -> QualityReport:
     """Score ``pruned_dir`` against ``dense_dir`` on ``windows``, streaming both checkpoints.
 
     ``dtype``: compute dtype of both models (default: :func:`~prunenet.device.layer_dtype` of the dense
-    checkpoint: fp32 on the CPU, the checkpoint's own on a GPU).
+    checkpoint: fp32 on the CPU, the checkpoint's own on a GPU). ``pruned_edit(index, layer)``: changes each
+    of the pruned side's layers before it runs (score a plan on the source itself, without writing it).
     """
     from prunenet.device import layer_dtype
     from prunenet.source.checkpoint import Checkpoint
@@ -45,7 +46,7 @@ def compare_streaming(dense_dir: Path, pruned_dir: Path, windows: list[torch.Ten
     start = time.perf_counter()
     rows = [w.reshape(1, -1) for w in windows]
     h_dense = dense.final_hidden(rows, label="Scoring the dense model, layer by layer")
-    h_pruned = pruned.final_hidden(rows, label="Scoring the pruned model, layer by layer")
+    h_pruned = pruned.final_hidden(rows, label="Scoring the pruned model, layer by layer", edit=pruned_edit)
     totals = Totals()
     for row, hd, hp in zip(rows, h_dense, h_pruned, strict=True):
         entry = dense_window(dense.logits(row, hd)[0].float().cpu(), row[0], torch.float32)

@@ -92,7 +92,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         quality = None
         if req.evaluate and req.target != "onnx":
             with phases.phase("eval", device):
-                quality = _quality(stage, source.path, str(device))
+                quality = _quality(stage, source.path, str(device), plan if quant and healed_dir is None else None)
         if req.target == "vllm":
             report["vllm"] = _check_vllm(stage, warnings)
         hint = load_hint(req.target, str(report.get("architecture", "")), req.out)
@@ -158,10 +158,18 @@ def _saved_plan(path: Path, source: Path):
     return PlanResult(plan)
 
 
-def _quality(out: Path, source: Path, device: str) -> dict[str, Any]:
+def _quality(out: Path, source: Path, device: str, unquantized=None) -> dict[str, Any]:
+    """The report; for a quantized export, the same plan unquantized beside it (quantization's own share)."""
     from prunenet.evaluation.directories import evaluate_dirs
 
-    return evaluate_dirs(out, source, device=device).to_dict()
+    quality = evaluate_dirs(out, source, device=device).to_dict()
+    if unquantized is not None:
+        from prunenet.evaluation.unquantized import evaluate_plan
+
+        plain = evaluate_plan(source, unquantized, device=device).to_dict()
+        quality["unquantized"] = {k: plain[k] for k in ("pruned_ppl", "ppl_ratio", "kl", "top1_agreement")}
+        quality["quantization_kl"] = quality["kl"] - plain["kl"]
+    return quality
 
 
 def _check_vllm(out: Path, warnings: list[str]) -> str | None:
