@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from prunenet import __version__
+from prunenet.version import __version__
 from prunenet.arch import MODELING_FILE, ArchSpec
 from prunenet.planning.plan import PruningPlan
 

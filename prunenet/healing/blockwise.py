@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from prunenet.device import heal_source_dtype, layer_dtype
+from prunenet.compute import Compute
 from prunenet.healing.config import HealConfig
 from prunenet.healing.data import HealingText
 from prunenet.healing.loop import autocast, fit
@@ -27,22 +27,20 @@ from prunenet.healing.weights import HealedWeights, ffn_parameters
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_layer_plan_
 from prunenet.progress import status, track
-from prunenet.source.checkpoint import Checkpoint
 from prunenet.source.layerwise import LayerwiseModel
 
 __all__ = ["heal_blockwise"]
 
 
 def heal_blockwise(source: Path, plan: PruningPlan, text: HealingText, cfg: HealConfig, *,
-                   device: torch.device, weights: HealedWeights,
+                   compute: Compute, weights: HealedWeights,
                    reference: list[torch.Tensor] | None = None) -> HealOutcome:
     """Heal ``plan``'s pruned blocks one at a time; same inputs, outputs and record as end-to-end mode."""
     start = time.perf_counter()
     reference = reference or []
     n_train, n_held = len(text.train), len(text.held_out)
     rows = text.train + text.held_out + reference
-    lm = LayerwiseModel(source, device=device,
-                        dtype=layer_dtype(heal_source_dtype(Checkpoint(source).dtype, device), device))
+    lm = LayerwiseModel(source, device=compute.device, dtype=compute.heal_layer)
     with status("Preparing the block-by-block pass"):
         dense, kwargs = lm.prepare(rows)
     healed = list(dense)
@@ -81,11 +79,12 @@ def heal_blockwise(source: Path, plan: PruningPlan, text: HealingText, cfg: Heal
                 return sum(float(torch.nn.functional.mse_loss(out(r), targets[r].float()))
                            for r in range(n_train, n_train + n_held)) / n_held
 
-        with autocast(device, lm.dtype):
+        with autocast(compute.device, lm.dtype):
             result = fit(list(params.values()), batch_loss, held_loss, n_train, cfg, f"Healing block {i}", g)
         steps += result.steps
         history.append({"layer": i, "steps": result.steps, "held_out_before": result.initial,
-                        "held_out_after": result.best})
+                        "held_out_after": result.best,
+                        "held_out_worst": max(h["held_out"] for h in result.history)})
         for name, p in params.items():
             p.requires_grad_(False)
             p.data = p.data.to(originals[name])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from prunenet.device import heal_source_dtype, layer_dtype
+from prunenet.compute import Compute
 from prunenet.healing.config import HealConfig
 from prunenet.healing.data import HealingText
 from prunenet.healing.loop import autocast, fit
@@ -26,7 +26,6 @@ from prunenet.healing.weights import HealedWeights, ffn_parameters
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_plan_
 from prunenet.progress import status
-from prunenet.source.checkpoint import Checkpoint
 from prunenet.source.layerwise import LayerwiseModel
 
 __all__ = ["heal_end_to_end"]
@@ -35,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: HealConfig, *,
-                    device: torch.device, weights: HealedWeights,
+                    compute: Compute, weights: HealedWeights,
                     reference: list[torch.Tensor] | None = None) -> HealOutcome:
     """Heal the pruned model of ``plan`` in memory and store its healed FFN tensors in ``weights``."""
     from prunenet.source.loaders import load_causal_lm
@@ -43,8 +42,7 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
     start = time.perf_counter()
     reference = reference or []
     rows = text.train + text.held_out + reference
-    teacher = LayerwiseModel(source, device=device,
-                             dtype=layer_dtype(heal_source_dtype(Checkpoint(source).dtype, device), device))
+    teacher = LayerwiseModel(source, device=compute.device, dtype=compute.heal_layer)
     finals = teacher.final_hidden(rows, label="Dense pass over the healing text")  # one layer resident
     held_h = finals[len(text.train): len(text.train) + len(text.held_out)]
     ref_h = finals[len(text.train) + len(text.held_out):]
@@ -56,7 +54,7 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
              100 * TeacherTargets.cat(targets).mass)
 
     with status("Loading the pruned model for healing"):
-        student = apply_plan_(load_causal_lm(source, dtype=torch.float32, device=device), plan).eval()
+        student = apply_plan_(load_causal_lm(source, dtype=torch.float32, device=compute.device), plan).eval()
     for p in student.parameters():
         p.requires_grad_(False)
     spec = teacher.spec
@@ -72,7 +70,7 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
         return teacher.logits(ids, hidden).float()
 
     def student_logits(ids: torch.Tensor) -> torch.Tensor:
-        return student(input_ids=ids.to(device), use_cache=False).logits
+        return student(input_ids=ids.to(compute.device), use_cache=False).logits
 
     def quality(rows_: list[torch.Tensor], hidden: list[torch.Tensor]) -> dict:
         return row_quality(rows_, lambda i: teacher_logits(rows_[i], hidden[i]), lambda i: student_logits(rows_[i]))
@@ -90,7 +88,7 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
         return out
 
     report_s = 0.0
-    with autocast(device, teacher.dtype):  # before, during and after alike, so they compare
+    with autocast(compute.device, teacher.dtype):  # before, during and after alike, so they compare
         held_before = quality(text.held_out, held_h)
         ref_before = reported(reference, ref_h)
         result = fit(list(trained.values()), batch_loss, lambda: quality(text.held_out, held_h)["kl"],
