@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prunenet.version import __version__
 from prunenet.arch import is_pruned_architecture
 from prunenet.planning.plan import PruningPlan
+from prunenet.version import __version__
 
 __all__ = ["write_widths_chart", "write_model_card", "load_hint", "CHART_FILE"]
 
