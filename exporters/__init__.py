@@ -3,16 +3,15 @@
 A healed run adds one more input, the healed FFN tensors (``ExportConfig.healed``), read in place of
 the sliced source tensors of the same names.
 
-``EXPORTERS`` maps ``--target`` names to functions ``(source, plan, out, cfg) -> report``. They
-write into ``out`` (a staging directory; the caller commits it atomically) and know nothing of
-the policy or of how the plan was made. A new target is one entry here and one sub-package
-(``exporters/hf``, ``exporters/onnx``); staging and the model card are shared by all targets.
+Each target in :data:`exporters.targets.TARGETS` names a writer ``(source, plan, out, cfg) -> report``
+defined here. Writers write into ``out`` (a staging directory; the job commits it atomically) and know
+nothing of the policy or of how the plan was made. A new target is one ``TARGETS`` entry and one
+sub-package (``exporters/hf``, ``exporters/onnx``); staging and the model card are shared by all.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from prunenet.planning.plan import PruningPlan
 from prunenet.quantization.schemes import QuantSpec
 
-__all__ = ["ExportConfig", "EXPORTERS", "export_hf", "export_onnx_target"]
+__all__ = ["ExportConfig", "export_hf", "export_onnx_target"]
 
 
 @dataclass(frozen=True)
@@ -67,9 +66,3 @@ def export_onnx_target(source: Path, plan: PruningPlan, out: Path, cfg: ExportCo
         report["onnx"] = export_onnx(hf_dir, out, device=cfg.device, validate=cfg.validate)
     return report
 
-
-EXPORTERS: dict[str, Callable[[Path, PruningPlan, Path, ExportConfig], dict[str, Any]]] = {
-    "hf": export_hf,
-    "vllm": export_hf,  # same directory; the CLI then checks that vLLM resolves it
-    "onnx": export_onnx_target,
-}

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prunenet import __version__
 from prunenet.arch import is_pruned_architecture
 from prunenet.planning.plan import PruningPlan
+from prunenet.version import __version__
 
 __all__ = ["write_widths_chart", "write_model_card", "load_hint", "CHART_FILE"]
 
@@ -25,9 +25,11 @@ LOAD_HINTS = {
 }
 
 
-def load_hint(target: str, architecture: str, out: Path | str) -> str:
-    """How to load and serve this output: stock, per-layer widths (remote code / plugin) or ONNX."""
-    key = "onnx" if target == "onnx" else ("native" if is_pruned_architecture(architecture) else "stock")
+def load_hint(card: str, architecture: str, out: Path | str) -> str:
+    """How to load and serve this output. ``card`` is the target's :attr:`~exporters.targets.Target.card`:
+    a key of :data:`LOAD_HINTS`, or ``"hf"``, which resolves by the written architecture to stock or
+    per-layer-width (remote code / plugin) instructions."""
+    key = card if card != "hf" else ("native" if is_pruned_architecture(architecture) else "stock")
     return LOAD_HINTS[key].format(out=out)
 
 

@@ -17,12 +17,16 @@ from dataclasses import dataclass
 import torch
 
 from prunenet.arch import ArchSpec, get_arch_spec
-from prunenet.device import MEMORY_BUDGET_ENV, available_bytes, layer_dtype, model_dtype
+from prunenet.compute import Compute
+from prunenet.device import MEMORY_BUDGET_ENV, available_bytes
 from prunenet.errors import PruneNetError
+from prunenet.healing.config import HEAL_MODES
 from prunenet.healing.measure import TOP_K
 from prunenet.planning.config import PruneConfig
 from prunenet.planning.methods import METHODS
+from prunenet.planning.selfdata import CAPTURE_ROWS, SAMPLE_LEN
 from prunenet.planning.summaries import needs_activations
+from prunenet.policy.features import FEATURES
 from prunenet.policy.rewards import OutputReward
 from prunenet.source.checkpoint import Checkpoint
 
@@ -32,8 +36,6 @@ RUNTIME_BYTES = int(1.2e9)
 """Python, torch and transformers themselves (measured ~0.9-1.1 GB RSS after imports on this project)."""
 EVAL_TOKENS = 1536
 """Tokens of the default quality-report text (the bundled text's default slice is ~1.45k)."""
-SELF_TEXT_SAMPLE = 128
-CAPTURE_ROWS = 4096
 
 
 class MemoryError_(PruneNetError):  # noqa: N801 - not the builtin MemoryError, which means "already failed"
@@ -83,7 +85,7 @@ def _summary_bytes(cfg: PruneConfig, m: int, d: int, self_text: bool) -> int:
         else:
             total += m * 4
     if method.state == "features":
-        total += m * 8 * 4
+        total += m * len(FEATURES) * 4
     if method.reward == "spectral" or method.state == "weights":
         total += m * d * 4 + d * d * 4
     return total
@@ -99,7 +101,7 @@ def _generation_bytes(c: dict, layers: int, model: int, samples: int, sample_len
     return int(model * 1.05) + cache + samples * int(c.get("vocab_size") or 0) * 4 * 3
 
 
-def healing_bytes(ckpt: Checkpoint, cfg, device: torch.device, kept: float) -> dict[str, int]:
+def healing_bytes(ckpt: Checkpoint, cfg, compute: Compute, kept: float) -> dict[str, int]:
     """Peak bytes of healing's phases: ``heal-text`` (generation), ``end-to-end`` and ``block``.
 
     ``kept``: the fraction of FFN neurons the plan keeps (``1 - ratio`` before there is a plan).
@@ -111,29 +113,28 @@ def healing_bytes(ckpt: Checkpoint, cfg, device: torch.device, kept: float) -> d
     spec = get_arch_spec(ckpt.config.get("model_type"))
     c = ckpt.config
     d, vocab, n_layers = int(c.get("hidden_size") or 0), int(c.get("vocab_size") or 0), spec.num_layers(c)
-    compute = torch.finfo(layer_dtype(ckpt.dtype, device)).bits // 8
-    whole = torch.finfo(model_dtype(ckpt.dtype, device)).bits // 8
-    per_layer, rest, _ = _sizes(ckpt, spec, compute)
-    per_layer_fp32 = per_layer * 4 // compute
+    layer_bytes, whole = compute.heal_layer.itemsize, compute.heal_generate.itemsize
+    per_layer, rest, _ = _sizes(ckpt, spec, layer_bytes)
+    per_layer_fp32 = per_layer * 4 // layer_bytes
     ffn_full = 3 * spec.width(c) * d * 4
     ffn_after = int(n_layers * ffn_full * kept)
-    model_fp32 = (rest + n_layers * per_layer) * 4 // compute - n_layers * ffn_full + ffn_after
+    model_fp32 = (rest + n_layers * per_layer) * 4 // layer_bytes - n_layers * ffn_full + ffn_after
     rows = cfg.samples + 4
     tokens = cfg.batch * cfg.sample_len
     m = spec.width(c)
     activations = tokens * n_layers * (12 * d + 4 * m) * 4 + tokens * vocab * 4 * 5
-    streams = 3 * rows * cfg.sample_len * d * compute
+    streams = 3 * rows * cfg.sample_len * d * layer_bytes
     return {
-        "heal-text": _generation_bytes(c, n_layers, (rest + n_layers * per_layer) * whole // compute, cfg.samples,
+        "heal-text": _generation_bytes(c, n_layers, (rest + n_layers * per_layer) * whole // layer_bytes, cfg.samples,
                                        cfg.sample_len, whole),
-        "end-to-end": model_fp32 + 4 * ffn_after + rest + rows * cfg.sample_len * (d * compute + TOP_K * 12)
+        "end-to-end": model_fp32 + 4 * ffn_after + rest + rows * cfg.sample_len * (d * layer_bytes + TOP_K * 12)
                       + activations,
         "block": rest + 2 * per_layer_fp32 + 4 * ffn_full + streams + cfg.sample_len * (12 * d + 4 * m) * 4 * 2
                  + cfg.sample_len * vocab * 4 * 4,
     }
 
 
-def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, device: torch.device,
+def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, compute: Compute,
                     planning: bool = True, validate: bool = True) -> list[PhaseEstimate]:
     """Peak bytes per phase; ``planning=False`` for a saved ``--plan`` (no self-text, no capture)."""
     spec = get_arch_spec(ckpt.config.get("model_type"))
@@ -141,10 +142,9 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
     n_layers, m = spec.num_layers(c), spec.width(c)
     d = int(c.get("hidden_size") or 0)
     vocab = int(c.get("vocab_size") or 0)
-    whole = torch.finfo(model_dtype(ckpt.dtype, device)).bits // 8
-    compute = torch.finfo(layer_dtype(ckpt.dtype, device)).bits // 8
-    per_layer, rest, largest = _sizes(ckpt, spec, compute)
-    model = (rest + n_layers * per_layer) * whole // compute
+    whole, layer_bytes = compute.generate.itemsize, compute.layer.itemsize
+    per_layer, rest, largest = _sizes(ckpt, spec, layer_bytes)
+    model = (rest + n_layers * per_layer) * whole // layer_bytes
     method = METHODS[cfg.method]
     self_text = planning and bool(cfg.self_data) and needs_activations(method, cfg.allocation) and cfg.ratio > 0
     tokens = max(cfg.self_data, 1)
@@ -157,37 +157,38 @@ def estimate_phases(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, devic
         streamed = ffn_fp32 + ffn_fp32 // 4 * ckpt.dtype.itemsize + 3 * d * m * 4
     phases = []
     if self_text:
-        samples = -(-tokens // SELF_TEXT_SAMPLE)
-        phases.append(PhaseEstimate("self-text", _generation_bytes(c, n_layers, model, samples, SELF_TEXT_SAMPLE, whole),
+        samples = -(-tokens // SAMPLE_LEN)
+        phases.append(PhaseEstimate("self-text", _generation_bytes(c, n_layers, model, samples, SAMPLE_LEN, whole),
                                     "use --self-data 0 (weights only), or a --device with more memory"))
     if planning:
         phases.append(PhaseEstimate("capture" if self_text else "read", streamed + summaries,
                                     "use --self-data 0 or --method prunenet (compact summaries), or another --device"))
     # the writer holds one tensor at a time; its validation reads the source and the export back, one layer
     # each, always in fp32 (exporters.hf.validate)
-    validation = _two_streams(ckpt, spec, *_sizes(ckpt, spec, 4)[:2]) if validate else 0
+    validation = _two_streams(ckpt, spec, *_sizes(ckpt, spec, compute.check.itemsize)[:2]) if validate else 0
     phases.append(PhaseEstimate("write", max(3 * largest, validation),
                                 "use --no-validate (skips the reload check), free memory or use another --device"))
     if evaluate:  # the quality report streams both models the same way, in the layer dtype
-        hidden = 2 * EVAL_TOKENS * d * compute * 3
+        hidden = 2 * EVAL_TOKENS * d * layer_bytes * 3
         logits = 512 * vocab * 4 * 4
         phases.append(PhaseEstimate("eval", _two_streams(ckpt, spec, per_layer, rest) + hidden + logits,
                                     "use --no-eval"))
     return phases
 
 
-def check_memory(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, device: torch.device,
+def check_memory(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, compute: Compute,
                  planning: bool = True, heal=None, validate: bool = True) -> list[PhaseEstimate]:
     """Raise :class:`MemoryError_` (one line: need, available, what to change) when a phase cannot fit.
 
     On CUDA, self-text generation may offload layers to host memory (accelerate), so it is checked
     against the GPU and the host together."""
+    device = compute.device
     device_free = available_bytes(device)
     host_free = available_bytes(torch.device("cpu")) if device.type == "cuda" else 0
-    phases = estimate_phases(ckpt, cfg, evaluate=evaluate, device=device, planning=planning, validate=validate)
+    phases = estimate_phases(ckpt, cfg, evaluate=evaluate, compute=compute, planning=planning, validate=validate)
     if heal is not None:  # a HealConfig: its text generation, and the cheaper mode it may pick
-        need = healing_bytes(ckpt, heal, device, 1 - cfg.ratio)
-        modes = ["end-to-end", "block"] if heal.mode == "auto" else [heal.mode]
+        need = healing_bytes(ckpt, heal, compute, 1 - cfg.ratio)
+        modes = list(HEAL_MODES) if heal.mode == "auto" else [heal.mode]
         phases += [PhaseEstimate("heal-text", need["heal-text"], "lower --heal-tokens, or use --no-heal"),
                    PhaseEstimate("heal", min(need[m] for m in modes),
                                  "use --heal-mode block, lower --heal-batch, or --no-heal")]

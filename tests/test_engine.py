@@ -12,7 +12,7 @@ from prunenet.planning.allocation import input_layer_prior, sensitivity_widths, 
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.planner import PruneConfig, make_plan
 from prunenet.planning.surgery import apply_plan_
-from prunenet.policy.network import PolicyNetwork, load_policy, save_policy
+from prunenet.policy.network import PolicyNetwork, load_policy, policy_fingerprint, save_policy
 from prunenet.policy.spectrum import ks_distance, singular_values
 
 
@@ -157,7 +157,8 @@ def test_ratio_zero_keeps_everything(tiny_models):
 @pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
 def test_every_architecture_trains_and_prunes(tiny_models, model_type):
     result = make_plan(tiny_models[model_type], PruneConfig(self_data=0, ratio=0.5, align=32, episodes=2))
-    assert result.policy is not None and len(result.history) == 2
+    assert result.policy is not None and result.policy_metadata["train"]["episodes"] == 2
+    assert result.policy_metadata["fingerprint"] == policy_fingerprint(result.policy)
     widths = result.plan.widths  # ratio 0.5 of 3 x 192 neurons in steps of 32: the budget is met exactly
     assert sum(widths) == 3 * 96 and all(w % 32 == 0 and 32 <= w <= 192 for w in widths), widths
 

@@ -121,12 +121,13 @@ def test_nonuniform_widths_become_graph_constants(tiny_models, tmp_path):
 
 def test_onnx_target_manifest_lists_exactly_the_directory(tiny_models, tmp_path):
     """The intermediate HF export lives inside the output and is removed: the manifest must not list it."""
-    from exporters import EXPORTERS, ExportConfig
+    from exporters import ExportConfig
+    from exporters.targets import TARGETS
 
     out = tmp_path / "onnx"
     out.mkdir()
     src = tiny_models["llama"]
-    EXPORTERS["onnx"](src, outlier_plan(src, widths=[96, 160, 128]), out, ExportConfig())
+    TARGETS["onnx"].write()(src, outlier_plan(src, widths=[96, 160, 128]), out, ExportConfig())
     manifest = json.loads((out / "prunenet-onnx.json").read_text())
     present = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert manifest["files"] == present

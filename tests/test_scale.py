@@ -278,14 +278,15 @@ MEASURED_PEAKS = [("llama2-7b", 8, "read", 1.51), ("llama2-7b", 8, "write", 3.20
 def test_preflight_estimate_brackets_the_measured_peak(tmp_path, shape, layers, phase, measured):
     """Never below what a real run used (nothing the check accepts is OOM-killed), and not so far above
     that it refuses runs that fit: the 70B-shape write once needed 24.9 GB by the estimate, 21.4 in fact."""
-    import torch
 
+    from prunenet.compute import Compute
     from prunenet.planning.config import PruneConfig
     from prunenet.preflight import RUNTIME_BYTES, estimate_phases
     from prunenet.source.checkpoint import Checkpoint
 
     ckpt = Checkpoint(_header_only_checkpoint(shape, layers, tmp_path / "ckpt"))
-    phases = estimate_phases(ckpt, PruneConfig(ratio=0.3, self_data=0), evaluate=False, device=torch.device("cpu"))
+    phases = estimate_phases(ckpt, PruneConfig(ratio=0.3, self_data=0), evaluate=False,
+                             compute=Compute.resolve("cpu", ckpt.dtype))
     need = {p.name: p.need + RUNTIME_BYTES for p in phases}[phase]
     assert measured * 2**30 <= need <= 1.6 * measured * 2**30, need / 2**30
     if shape == "llama3-70b":
@@ -299,16 +300,16 @@ MEASURED_DEFAULT_PEAKS = {"self-text": 13.997, "capture": 4.853, "write": 3.906,
 
 def test_preflight_estimate_brackets_the_measured_defaults_peaks_with_native_bf16(tmp_path, monkeypatch):
     """The export's own self-check computes in fp32 whatever the layer dtype; its estimate must say so."""
-    import torch
 
     from prunenet import device as dev
+    from prunenet.compute import Compute
     from prunenet.planning.config import PruneConfig
     from prunenet.preflight import RUNTIME_BYTES, estimate_phases
     from prunenet.source.checkpoint import Checkpoint
 
     monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: True)
     ckpt = Checkpoint(_header_only_checkpoint("llama2-7b", 32, tmp_path / "ckpt"))
-    phases = estimate_phases(ckpt, PruneConfig(ratio=0.3), evaluate=True, device=torch.device("cpu"))
+    phases = estimate_phases(ckpt, PruneConfig(ratio=0.3), evaluate=True, compute=Compute.resolve("cpu", ckpt.dtype))
     need = {p.name: (p.need + RUNTIME_BYTES) / 2**30 for p in phases}
     for phase, measured in MEASURED_DEFAULT_PEAKS.items():
         assert measured <= need[phase] <= 1.6 * measured, (phase, need[phase])

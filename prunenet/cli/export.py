@@ -6,14 +6,13 @@ from pathlib import Path
 
 import click
 
+from exporters.targets import TARGETS
+from prunenet.healing.config import HEAL_MODES, MODES
 from prunenet.planning.allocation import ALLOCATIONS
 from prunenet.planning.methods import METHODS
 from prunenet.quantization.schemes import QUANT_CHOICES
 
 from .common import emit_json, handle_errors, setup_output, verbosity_options
-
-TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in torch; kept light for --help
-
 
 
 @click.command("export", context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +20,8 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
               help="HF directory, .gguf file or cached hub id [default: SmolLM2-135M-Instruct].")
 @click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), required=True,
               help="Fraction of all FFN neurons to remove, in [0, 1).")
-@click.option("--target", type=click.Choice(TARGETS), default="hf", show_default=True)
+@click.option("--target", type=click.Choice(list(TARGETS)), default="hf", show_default=True,
+              help="; ".join(f"{t.name}: {t.summary}" for t in TARGETS.values()) + ".")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--method", type=click.Choice(list(METHODS)), default="prunenet", show_default=True)
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default="sensitivity", show_default=True,
@@ -54,9 +54,9 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
 @click.option("--heal-lr", type=click.FloatRange(min=0, min_open=True), default=4e-4, show_default=True)
 @click.option("--heal-batch", type=click.IntRange(min=1), default=4, show_default=True,
               help="Self-text sequences per healing step.")
-@click.option("--heal-mode", type=click.Choice(["auto", "end-to-end", "block"]), default="auto", show_default=True,
-              help="end-to-end distils logits (needs the pruned model and its optimizer state on the device); "
-                   "block heals one decoder block at a time; auto picks end-to-end when it fits.")
+@click.option("--heal-mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="; ".join(f"{m.name} {m.summary}" for m in HEAL_MODES.values())
+                   + f"; auto picks the first that fits ({', '.join(HEAL_MODES)}).")
 @click.option("--quant", type=click.Choice(QUANT_CHOICES), default="none", show_default=True,
               help="Quantize every decoder linear after pruning (data-free; compressed-tensors format).")
 @click.option("--quant-group", type=click.IntRange(min=2), default=None,
@@ -82,18 +82,14 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
       prunenet-export --ratio 0.3 --heal --heal-tokens 12288 --heal-steps 100 --out out-healed
     """
     setup_output(quiet, verbose, as_json)
-    from prunenet.healing.config import HealConfig
-    from prunenet.jobs.export_job import ExportRequest, run_export
-    from prunenet.planning.planner import PruneConfig
+    from prunenet.jobs.api import export
 
-    cfg = PruneConfig(ratio=ratio, method=method, allocation=allocation, align=align, tp=tuple(tp),
-                      episodes=episodes, lr=lr, seed=seed, device=device, policy=policy, self_data=self_data)
-    request = ExportRequest(model=model, out=out, target=target, compat=compat, evaluate=not no_eval, force=force,
-                            validate=not no_validate, plan=plan_file, dtype=dtype,
-                            heal=HealConfig(tokens=heal_tokens, steps=heal_steps, lr=heal_lr, batch=heal_batch,
-                                            mode=heal_mode, seed=seed) if heal else None,
-                            quant=quant, quant_group=quant_group)
-    result = run_export(request, cfg)
+    result = export(model, ratio=ratio, target=target, out=out, heal=heal, evaluate=not no_eval,
+                    validate=not no_validate, force=force, compat=compat, dtype=dtype, plan=plan_file,
+                    method=method, allocation=allocation, align=align, tp=tp, episodes=episodes, lr=lr, seed=seed,
+                    device=device, policy=policy, self_data=self_data, heal_tokens=heal_tokens,
+                    heal_steps=heal_steps, heal_lr=heal_lr, heal_batch=heal_batch, heal_mode=heal_mode,
+                    quant=quant, quant_group=quant_group)
     if as_json:
         emit_json(result)
     elif not quiet:

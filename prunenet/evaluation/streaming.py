@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,25 +19,26 @@ from prunenet.evaluation.reference import check_inputs
 from prunenet.evaluation.report import EvalInputError, QualityReport, Totals
 from prunenet.evaluation.scoring import dense_window, score_window
 
+if TYPE_CHECKING:
+    from prunenet.compute import Compute
+
 __all__ = ["compare_streaming"]
 
 
 def compare_streaming(dense_dir: Path, pruned_dir: Path, windows: list[torch.Tensor], *,
-                      device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                      meta: dict[str, Any] | None = None, pruned_edit=None) -> QualityReport:
+                      compute: Compute | None = None, meta: dict[str, Any] | None = None,
+                      pruned_edit=None) -> QualityReport:
     """Score ``pruned_dir`` against ``dense_dir`` on ``windows``, streaming both checkpoints.
 
-    ``dtype``: compute dtype of both models (default: :func:`~prunenet.device.layer_dtype` of the dense
-    checkpoint: fp32 on the CPU, the checkpoint's own on a GPU). ``pruned_edit(index, layer)``: changes each
-    of the pruned side's layers before it runs (score a plan on the source itself, without writing it).
+    Both models compute on ``compute.device`` in ``compute.layer`` (default: the CPU, in the one-layer
+    dtype of the dense checkpoint). ``pruned_edit(index, layer)`` changes each of the pruned side's layers
+    before it runs (score a plan on the source itself, without writing it).
     """
-    from prunenet.device import layer_dtype
-    from prunenet.source.checkpoint import Checkpoint
+    from prunenet.compute import Compute
     from prunenet.source.layerwise import LayerwiseModel
 
-    device = torch.device(device)
-    if dtype is None:
-        dtype = layer_dtype(Checkpoint(dense_dir).dtype, device)
+    compute = compute or Compute.for_checkpoint("cpu", dense_dir)
+    device, dtype = compute.device, compute.layer
     dense = LayerwiseModel(dense_dir, device=device, dtype=dtype)
     pruned = LayerwiseModel(pruned_dir, device=device, dtype=dtype)
     check_inputs(windows, dense.model, pruned.model)

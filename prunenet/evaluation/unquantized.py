@@ -21,7 +21,7 @@ def evaluate_plan(source: Path, plan: PruningPlan, *, device: str = "auto",
                   max_tokens: int | None = 8192) -> QualityReport:
     """Dense source vs the source pruned by ``plan`` (floating point), on the report's default text."""
     from prunenet.arch import get_arch_spec
-    from prunenet.device import resolve_device
+    from prunenet.compute import Compute
     from prunenet.evaluation.directories import default_seq_len
     from prunenet.evaluation.streaming import compare_streaming
     from prunenet.evaluation.windows import token_windows
@@ -36,4 +36,5 @@ def evaluate_plan(source: Path, plan: PruningPlan, *, device: str = "auto",
         return apply_layer_plan_(module, spec, plan.layers[i])
 
     meta = {"text": "reference (default slice)", "pruned": "the plan, unquantized", "reference": str(source)}
-    return compare_streaming(source, source, windows, device=resolve_device(device), meta=meta, pruned_edit=pruned)
+    return compare_streaming(source, source, windows, compute=Compute.for_checkpoint(device, source), meta=meta,
+                             pruned_edit=pruned)

@@ -21,10 +21,12 @@ import torch
 
 from prunenet.progress import status, track
 
-__all__ = ["generate_self_text", "self_text_ids", "stream_ffn_inputs", "SAMPLE_LEN"]
+__all__ = ["generate_self_text", "self_text_ids", "stream_ffn_inputs", "SAMPLE_LEN", "CAPTURE_ROWS"]
 
 SAMPLE_LEN = 128
 """Tokens per self-text sample; ``--self-data N`` asks for ceil(N / SAMPLE_LEN) samples."""
+CAPTURE_ROWS = 4096
+"""Captured FFN-input rows kept per layer (a random subsample when the text is longer)."""
 
 
 def generate_self_text(model, tokenizer, tokens: int, seed: int = 0, sample_len: int = SAMPLE_LEN) -> list[torch.Tensor]:
@@ -62,7 +64,7 @@ def self_text_ids(source: Path, tokens: int, seed: int, device: torch.device, dt
 
 
 def stream_ffn_inputs(
-    source: Path, ids: list[torch.Tensor], *, device: torch.device, dtype: torch.dtype, max_rows: int = 4096,
+    source: Path, ids: list[torch.Tensor], *, device: torch.device, dtype: torch.dtype, max_rows: int = CAPTURE_ROWS,
     seed: int = 0,
 ) -> Iterator[tuple[int, torch.Tensor, float]]:
     """Yield ``(layer, X, residual)`` for every layer, in order, one onloaded layer at a time.

@@ -57,13 +57,6 @@ class LayerSummary:
     def train_cost(self, method: Method):
         return self.spectral.cost if method.reward == "spectral" else self.output.cost
 
-    def nbytes(self) -> int:
-        tensors = [self.state, self.score]
-        for reward in (self.output, self.spectral):
-            tensors += [v for v in vars(reward).values() if isinstance(v, torch.Tensor)] if reward else []
-        unique = {id(t): t for t in tensors if t is not None}
-        return sum(t.numel() * t.element_size() for t in unique.values())
-
 
 def needs_activations(method: Method, allocation: str) -> bool:
     """Whether the FFN output statistics are needed: our reward, our state, or the sensitivity allocation.

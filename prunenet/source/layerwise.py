@@ -30,10 +30,6 @@ from prunenet.source.checkpoint import Checkpoint
 __all__ = ["LayerwiseModel"]
 
 
-class _Caught(Exception):
-    pass
-
-
 class LayerwiseModel:
     """A causal LM whose decoder layers stay on disk until :meth:`onload` brings one in."""
 
