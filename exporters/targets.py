@@ -19,7 +19,7 @@ from typing import Any
 
 from prunenet.errors import PruneNetError
 
-__all__ = ["Target", "TARGETS", "get_target"]
+__all__ = ["Target", "TARGETS", "DEFAULT_TARGET", "get_target"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class Target:
     """Name of the consumer check the job runs on the finished directory (``"vllm"``), or None."""
     finalize: str | None = None
     """``"module:function"`` run on the staged directory after the model card and policy are in."""
+    next_step: str = ""
+    """What the CLI tells a user to run on the finished directory (``{out}`` is replaced)."""
 
     def write(self) -> Callable[..., dict[str, Any]]:
         return _resolve(self.writer)
@@ -53,13 +55,19 @@ def _resolve(path: str) -> Callable[..., Any]:
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("hf", "Hugging Face directory (transformers; per-layer widths through shipped remote code)",
-           writer="exporters:export_hf", quality_report=True, card="hf"),
+           writer="exporters:export_hf", quality_report=True, card="hf",
+           next_step="load: AutoModelForCausalLM.from_pretrained({out!r}, trust_remote_code=True)"),
     Target("vllm", "the Hugging Face directory, checked to resolve in vLLM (served by the bundled plugin)",
-           writer="exporters:export_hf", quality_report=True, card="hf", post_check="vllm"),
+           writer="exporters:export_hf", quality_report=True, card="hf", post_check="vllm",
+           next_step="serve: prunenet serve {out} (or vllm serve {out})"),
     Target("onnx", "ONNX decoder with KV cache in optimum's layout, for ONNX Runtime",
            writer="exporters:export_onnx_target", quality_report=False, card="onnx",
-           finalize="exporters.onnx.manifest:refresh_manifest"),
+           finalize="exporters.onnx.manifest:refresh_manifest",
+           next_step="benchmark: prunenet bench {out} --engine onnxruntime"),
 )}
+
+
+DEFAULT_TARGET = "hf"
 
 
 def get_target(name: str) -> Target:

@@ -84,7 +84,7 @@ def test_the_preflight_estimates_healing_in_the_dtype_healing_runs_in(tiny_model
     from dataclasses import replace
 
     from prunenet.healing.config import HealConfig
-    from prunenet.preflight import healing_bytes
+    from prunenet.healing.memory import healing_bytes
     from prunenet.source.checkpoint import Checkpoint
 
     ckpt = Checkpoint(tiny_models["llama"])

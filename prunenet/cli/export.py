@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from exporters.targets import TARGETS
+from exporters.targets import DEFAULT_TARGET, TARGETS
 from prunenet.healing.config import HEAL_MODES, MODES
 from prunenet.planning.allocation import ALLOCATIONS
 from prunenet.planning.methods import METHODS
@@ -20,7 +20,7 @@ from .common import emit_json, handle_errors, setup_output, verbosity_options
               help="HF directory, .gguf file or cached hub id [default: SmolLM2-135M-Instruct].")
 @click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), required=True,
               help="Fraction of all FFN neurons to remove, in [0, 1).")
-@click.option("--target", type=click.Choice(list(TARGETS)), default="hf", show_default=True,
+@click.option("--target", type=click.Choice(list(TARGETS)), default=DEFAULT_TARGET, show_default=True,
               help="; ".join(f"{t.name}: {t.summary}" for t in TARGETS.values()) + ".")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--method", type=click.Choice(list(METHODS)), default="prunenet", show_default=True)
@@ -125,8 +125,11 @@ def _report(result: dict) -> None:
                if h.get("reference_after") else "")
         console.print(f"healed ({h['mode']}, {h['steps']} steps, {h['seconds']:.0f} s): held-out self-text KL "
                       f"{h['held_out_before']['kl']:.4f} -> {h['held_out_after']['kl']:.4f}{ref}")
-    if result["export"].get("vllm"):
-        console.print(f"vLLM resolves the directory to {result['export']['vllm']} (serve: prunenet serve {result['out']})")
+    target = TARGETS[result["target"]]
+    if target.post_check and result["export"].get(target.post_check):
+        console.print(f"{target.post_check} resolves the directory to {result['export'][target.post_check]}")
+    if target.next_step:
+        console.print(target.next_step.format(out=result["out"]))
     if result.get("phases"):
         console.print("phases: " + ", ".join(f"{p['name']} {p['seconds']:.1f} s / {p['peak_rss_mb'] / 1024:.1f} GB"
                                              for p in result["phases"]), style="dim")

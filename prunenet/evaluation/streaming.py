@@ -22,7 +22,10 @@ from prunenet.evaluation.scoring import dense_window, score_window
 if TYPE_CHECKING:
     from prunenet.compute import Compute
 
-__all__ = ["compare_streaming"]
+__all__ = ["compare_streaming", "report_bytes", "EVAL_TOKENS"]
+
+EVAL_TOKENS = 1536
+"""Tokens of the default quality-report text (the bundled text's default slice is ~1.45k)."""
 
 
 def compare_streaming(dense_dir: Path, pruned_dir: Path, windows: list[torch.Tensor], *,
@@ -53,3 +56,13 @@ def compare_streaming(dense_dir: Path, pruned_dir: Path, windows: list[torch.Ten
         entry = dense_window(dense.logits(row, hd)[0].float().cpu(), row[0], torch.float32)
         totals.add(entry, score_window(entry, pruned.logits(row, hp)[0].float().cpu()))
     return totals.report(len(windows), max(w.numel() for w in windows), time.perf_counter() - start, meta or {})
+
+
+def report_bytes(ckpt, spec, sizes, d: int, vocab: int, layer_bytes: int) -> int:
+    """Peak bytes of :func:`compare_streaming` on the default text: both models streamed (two embeddings
+    and heads, one layer), both models' hidden states of the text, and one window's logits."""
+    from prunenet.memory import two_streams
+
+    hidden = 2 * EVAL_TOKENS * d * layer_bytes * 3
+    logits = 512 * vocab * 4 * 4
+    return two_streams(ckpt, spec, sizes) + hidden + logits

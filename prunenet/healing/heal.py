@@ -49,7 +49,8 @@ def choose_mode(ckpt: Checkpoint, plan: PruningPlan, cfg: HealConfig, compute: C
     """``cfg.mode``, with ``auto`` resolved: the first of :data:`HEAL_MODES` whose estimate fits the device,
     else the last (the one that keeps least resident)."""
     from prunenet.device import available_bytes
-    from prunenet.preflight import RUNTIME_BYTES, healing_bytes
+    from prunenet.healing.memory import healing_bytes
+    from prunenet.preflight import RUNTIME_BYTES
 
     if cfg.mode != "auto":
         return cfg.mode

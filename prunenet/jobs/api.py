@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from exporters.targets import DEFAULT_TARGET
 from prunenet.errors import PruneNetError
 
 __all__ = ["export"]
@@ -18,7 +19,7 @@ __all__ = ["export"]
 HEAL_PREFIX = "heal_"
 
 
-def export(model: str | None = None, *, ratio: float, target: str = "hf", out: str | Path = "out",
+def export(model: str | None = None, *, ratio: float, target: str = DEFAULT_TARGET, out: str | Path = "out",
            heal: bool = False, evaluate: bool = True, validate: bool = True, force: bool = False,
            compat: str = "native", dtype: str = "auto", plan: str | Path | None = None,
            quant: str = "none", quant_group: int | None = None, **options: Any) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from exporters.targets import DEFAULT_TARGET
+
 __all__ = ["ExportRequest", "run_export", "POST_CHECKS"]
 
 log = logging.getLogger("prunenet")
@@ -23,7 +25,7 @@ log = logging.getLogger("prunenet")
 class ExportRequest:
     model: str | None
     out: Path
-    target: str = "hf"
+    target: str = DEFAULT_TARGET
     compat: str = "native"
     evaluate: bool = True
     force: bool = False

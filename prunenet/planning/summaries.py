@@ -58,6 +58,23 @@ class LayerSummary:
         return self.spectral.cost if method.reward == "spectral" else self.output.cost
 
 
+def summary_bytes(method: Method, allocation: str, m: int, d: int, self_text: bool) -> int:
+    """Bytes a layer's summary keeps across the stream (fp32): the pre-flight's share of this module."""
+    from prunenet.policy.features import FEATURES
+
+    total = 0
+    if needs_activations(method, allocation):
+        if self_text:
+            total += m * m * 4 if m <= OutputReward.gram_limit else 2 * OutputReward.sketch * m * 4
+        else:
+            total += m * 4
+    if method.state == "features":
+        total += m * len(FEATURES) * 4
+    if method.reward == "spectral" or method.state == "weights":
+        total += m * d * 4 + d * d * 4
+    return total
+
+
 def needs_activations(method: Method, allocation: str) -> bool:
     """Whether the FFN output statistics are needed: our reward, our state, or the sensitivity allocation.
 
