@@ -53,13 +53,15 @@ def command(out: Path, host: str, port: int, max_model_len: int | None, dtype: s
     until Ctrl-C or SIGTERM. Extra vLLM options go after `--`.
     """
     from serving.vllm.directory import check_servable
-    from serving.vllm.runtime import server_env
+    from serving.vllm.runtime import bind_parallel_ranks, device_warning, server_env
     from serving.vllm.server import ensure_port_free, serve_args
 
     setup_output(quiet, verbose)
-    check_servable(out)
+    config = check_servable(out)
     ensure_port_free(host, port)
     env = server_env()
+    bind_parallel_ranks(env, vllm_args)
+    warning = device_warning(config)
     if quiet or verbose:
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING" if quiet else "DEBUG")
     args = serve_args(out, host=host, port=port, max_model_len=max_model_len, dtype=dtype, name=name,
@@ -67,6 +69,8 @@ def command(out: Path, host: str, port: int, max_model_len: int | None, dtype: s
     served = name or out.resolve().name
     if not quiet:
         click.echo(f"Serving {out} as '{served}' on http://{host}:{port}/v1 (Ctrl-C stops)", err=True)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     if host not in _LOOPBACK:
         click.echo(f"warning: listening on {host}: the API is reachable from the network "
                    "(add `-- --api-key KEY` to require a key)", err=True)
