@@ -17,7 +17,13 @@ from prunenet.cli import main as cli_main
 from prunenet.quantization.schemes import QuantSpec
 from serving.vllm import runtime
 from serving.vllm.errors import ServerError
-from serving.vllm.runtime import bind_parallel_ranks, cpu_threads_bind, device_warning, parallel_ranks, server_env
+from serving.vllm.runtime import (
+    bind_parallel_ranks,
+    cpu_threads_bind,
+    device_warning,
+    parallel_ranks,
+    server_env,
+)
 from serving.vllm.server import VllmServer, free_port
 
 # --- tensor-parallel core split and device warnings (no vLLM needed) ---------------------------------------
@@ -81,9 +87,10 @@ def _export(src: Path, out: Path, *args: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def quant_exports(tiny_models, tmp_path_factory) -> dict[str, Path]:
+def quant_exports(tiny_with_tokenizer, tmp_path_factory) -> dict[str, Path]:
+    """Tiny llama exports (with a tokenizer: the server loads one) per scheme, and with --tp 2."""
     root = tmp_path_factory.mktemp("qvllm")
-    src = tiny_models["llama"]
+    src = tiny_with_tokenizer
     out = {s: _export(src, root / s, "--quant", s) for s in ("w8a8", "w4a16", "fp8")}
     out.update({f"{s}-tp2": _export(src, root / f"{s}-tp2", "--quant", s, "--tp", "2") for s in ("none", "w8a8")})
     return out

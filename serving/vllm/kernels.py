@@ -28,7 +28,10 @@ ROW_PARALLEL = ("o_proj", "down_proj", "dense", "fc2", "out_proj", "dense_4h_to_
 def rank_shape(name: str, n: int, k: int, tp: int) -> tuple[int, int]:
     """(N, K) that one of ``tp`` ranks holds of linear ``name`` (a dimension that does not split stays -1)."""
     row = name.removesuffix(".weight").rpartition(".")[2] in ROW_PARALLEL
-    split = (lambda d: d // tp if d % tp == 0 else -1)
+
+    def split(d: int) -> int:
+        return d // tp if d % tp == 0 else -1
+
     return (n, split(k)) if row else (split(n), k)
 
 
