@@ -33,6 +33,9 @@ class ExportConfig:
     """dtype of the written weights ('bfloat16', 'float16', 'float32'); None keeps the source's."""
     healed: Path | None = None
     """A :class:`~prunenet.healing.weights.HealedWeights` directory: its tensors replace the sliced source ones."""
+    quant: str = "none"
+    """--quant (the ONNX target builds 4/8-bit MatMulNBits weights for w4a16/w8a8)."""
+    quant_group: int | None = None
 
 
 def export_hf(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> dict[str, Any]:
@@ -55,13 +58,15 @@ def export_hf(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> 
 
 def export_onnx_target(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> dict[str, Any]:
     from exporters.onnx.export import export_onnx
+    from exporters.onnx.quant import OnnxOptions
 
     # the intermediate HF directory lives inside the (staging) output, so a killed run leaves one directory
     # to clean, never a stray sibling
     with tempfile.TemporaryDirectory(prefix=".prunenet-hf-", dir=out) as tmp:
         hf_dir = Path(tmp)
         report = export_hf(source, plan, hf_dir, cfg)
-        report["onnx"] = export_onnx(hf_dir, out, device=cfg.device, validate=cfg.validate)
+        report["onnx"] = export_onnx(hf_dir, out, device=cfg.device, validate=cfg.validate, dtype=cfg.dtype,
+                                     options=OnnxOptions(quant=cfg.quant, group=cfg.quant_group))
     return report
 
 

@@ -70,12 +70,15 @@ class GenaiDecoder:
         self._og = og
         self.model = og.Model(config)
 
-    def generate(self, input_ids: np.ndarray, new_tokens: int, *, keep_logits: bool = False) -> Generation:
+    def generate(self, input_ids: np.ndarray, new_tokens: int, *, keep_logits: bool = False,
+                 stop_at_eos: bool = False) -> Generation:
+        """``new_tokens`` greedy tokens; end-of-text is suppressed (fixed work for timing) unless ``stop_at_eos``,
+        which returns the tokens up to and including it, with the model's logits untouched."""
         og = self._og
         batch, prompt = input_ids.shape
         params = og.GeneratorParams(self.model)
-        params.set_search_options(do_sample=False, max_length=prompt + new_tokens, min_length=prompt + new_tokens,
-                                  batch_size=batch)
+        params.set_search_options(do_sample=False, max_length=prompt + new_tokens, batch_size=batch,
+                                  min_length=prompt if stop_at_eos else prompt + new_tokens)
         generator = og.Generator(self.model, params)
         tokens = np.zeros((batch, new_tokens), dtype=np.int64)
         kept: list[np.ndarray] = []
@@ -85,11 +88,14 @@ class GenaiDecoder:
         prefill_s = time.perf_counter() - start
         first_token_s = prefill_s
         for i in range(new_tokens):
-            if keep_logits:
-                kept.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[:, -1])
+            if generator.is_done():
+                tokens = tokens[:, :i]
+                break
             t0 = time.perf_counter()
-            generator.generate_next_token()
+            generator.generate_next_token()  # runs the model on the previous token (not the first time), samples
             elapsed = time.perf_counter() - t0
+            if keep_logits:  # only now are the logits that chose this token the graph's output
+                kept.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[:, -1])
             tokens[:, i] = np.asarray(generator.get_next_tokens())
             if i == 0:
                 first_token_s = time.perf_counter() - start

@@ -37,13 +37,11 @@ def validate_decoding(model, out_dir: Path, config: dict, prompts: list[str], dt
     """ORT greedy decoding of ``prompts`` must be ``model``'s (see the module docstring); raises otherwise."""
     rel = _RELATIVE_TOL[dtype] or get_arch_spec(config.get("model_type")).atol
     ort_model, torch_model = OrtDecoder(out_dir, device=device), TorchDecoder(model)
-    outcomes, generated = [], []
-    for ids in _prompt_ids(out_dir, prompts, int(config["vocab_size"])):
-        got = ort_model.generate(ids, GREEDY_TOKENS, keep_logits=True)
-        generated.append((ids, got.tokens))
-        seq = np.concatenate([ids, got.tokens[:, :-1]], axis=1)
-        ref = torch_model.forward(seq, np.ones_like(seq), np.tile(np.arange(seq.shape[1]), (seq.shape[0], 1)))
-        outcomes.append(_compare(ref[:, ids.shape[1] - 1:], got, rel))
+    outcomes = []
+    prompt_ids = _prompt_ids(out_dir, prompts, int(config["vocab_size"]))
+    for ids in prompt_ids:
+        outcomes.append(_teacher_forced(torch_model, ids, ort_model.generate(ids, GREEDY_TOKENS, keep_logits=True),
+                                        rel))
     padded = _padded_batch_diff(torch_model, ort_model, int(config["vocab_size"]), rel) \
         if ort_model.has_position_ids else None
     ort_model.close()
@@ -56,25 +54,39 @@ def validate_decoding(model, out_dir: Path, config: dict, prompts: list[str], dt
         "padded_batch_max_diff": padded["max_logit_diff"] if padded else None,
     }
     if genai:
-        result["genai_match"] = _genai_tokens_match(out_dir, generated, device)
+        result["genai"] = _genai_check(torch_model, out_dir, prompt_ids, rel, device)
     return result
 
 
-def _genai_tokens_match(out_dir: Path, generated: list, device: str) -> bool:
-    """onnxruntime-genai's generator, loading the directory as it is, must choose ORT's tokens."""
+def _teacher_forced(torch_model, ids: np.ndarray, got, rel: float) -> dict[str, Any]:
+    """Torch's logits on the engine's own sequence, compared position by position (see :func:`_compare`)."""
+    seq = np.concatenate([ids, got.tokens[:, :-1]], axis=1)
+    ref = torch_model.forward(seq, np.ones_like(seq), np.tile(np.arange(seq.shape[1]), (seq.shape[0], 1)))
+    return _compare(ref[:, ids.shape[1] - 1:], got, rel)
+
+
+def _genai_check(torch_model, out_dir: Path, prompt_ids: list, rel: float, device: str) -> dict[str, Any]:
+    """onnxruntime-genai's generator, loading the directory as it is, held to the same rule as ORT.
+
+    Its KV buffer is shared and preallocated, so attention sums in another order than the plain
+    loop's: near-ties may go the other way, which the teacher-forced rule accepts.
+    """
     from exporters.onnx.genai import GenaiDecoder
 
     decoder = GenaiDecoder(out_dir, device=device)
     try:
-        for i, (ids, tokens) in enumerate(generated):
-            got = decoder.generate(ids, tokens.shape[1]).tokens
-            if not np.array_equal(got, tokens):
-                first = int(np.argwhere(got != tokens)[0, 1])
-                raise ExportValidationError(f"onnxruntime-genai's generator diverged from ONNX Runtime greedy "
-                                            f"decoding on prompt {i + 1} at new token {first}")
+        outcomes = [_teacher_forced(torch_model, ids, decoder.generate(ids, GREEDY_TOKENS, keep_logits=True,
+                                                                   stop_at_eos=True), rel)
+                    for ids in prompt_ids]
     finally:
         decoder.close()
-    return True
+    for i, o in enumerate(outcomes):
+        if (o["first_mismatch"] is not None and not o["all_ties"]) or o["max_logit_diff"] > o["tolerance"]:
+            raise ExportValidationError(
+                f"onnxruntime-genai's generator disagrees with torch on prompt {i + 1} (first mismatch at new token "
+                f"{o['first_mismatch']}, max logit diff {o['max_logit_diff']:.3g}, tolerance {o['tolerance']:.3g})")
+    return {"greedy_match": all(o["first_mismatch"] is None for o in outcomes),
+            "max_logit_diff": max(o["max_logit_diff"] for o in outcomes), "near_ties": sum(o["ties"] for o in outcomes)}
 
 
 def _prompt_ids(out_dir: Path, prompts: list[str], vocab: int) -> list:

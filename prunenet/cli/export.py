@@ -42,6 +42,11 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
 @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto",
               show_default=True,
               help="dtype of the written weights (auto: the source's; bfloat16 for a source dequantized from GGUF).")
+@click.option("--quant", type=click.Choice(["none", "w8a8", "w4a16", "fp8"]), default="none", show_default=True,
+              help="Weight quantization. onnx: w4a16 = 4-bit MatMulNBits, w8a8 = 8-bit MatMulNBits (fp8 refused).")
+@click.option("--quant-group", type=click.IntRange(min=1), default=None,
+              help="Quantization group (onnx: MatMulNBits block) size; must divide every matmul input width "
+                   "[default: automatic].")
 @click.option("--compat", type=click.Choice(["native", "padded"]), default="native", show_default=True,
               help="padded: zero-pad every layer to the widest (stock architecture).")
 @click.option("--heal/--no-heal", default=False, show_default=True,
@@ -66,7 +71,7 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
 @verbosity_options
 @handle_errors
 def command(model, ratio, target, out, method, allocation, align, tp, episodes, lr, seed, device, policy,
-            plan_file, self_data, dtype, compat, heal, heal_tokens, heal_steps, heal_lr, heal_batch, heal_mode, no_eval,
+            plan_file, self_data, dtype, quant, quant_group, compat, heal, heal_tokens, heal_steps, heal_lr, heal_batch, heal_mode, no_eval,
             no_validate, force, as_json, quiet, verbose) -> None:
     """Prune FFN neurons with PruneNet (no calibration data) and export the model.
 
@@ -84,7 +89,8 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
     cfg = PruneConfig(ratio=ratio, method=method, allocation=allocation, align=align, tp=tuple(tp),
                       episodes=episodes, lr=lr, seed=seed, device=device, policy=policy, self_data=self_data)
     request = ExportRequest(model=model, out=out, target=target, compat=compat, evaluate=not no_eval, force=force,
-                            validate=not no_validate, plan=plan_file, dtype=dtype,
+                            validate=not no_validate, plan=plan_file, dtype=dtype, quant=quant,
+                            quant_group=quant_group,
                             heal=HealConfig(tokens=heal_tokens, steps=heal_steps, lr=heal_lr, batch=heal_batch,
                                             mode=heal_mode, seed=seed) if heal else None)
     result = run_export(request, cfg)

@@ -32,6 +32,9 @@ class ExportRequest:
     """dtype of the written weights: auto (the source's; bfloat16 for a GGUF-dequantized source) or a name."""
     heal: Any = None
     """A :class:`~prunenet.healing.config.HealConfig` to heal the pruned model with; None: no healing."""
+    quant: str = "none"
+    """--quant: none, w8a8, w4a16, fp8 (onnx: MatMulNBits 8/4-bit weights; fp8 refused)."""
+    quant_group: int | None = None
 
 
 def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
@@ -49,11 +52,17 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     from prunenet.source.checkpoint import Checkpoint
     from prunenet.source.resolve import resolve_model
 
+    _check_quant_flags(req)
     source = resolve_model(req.model)
     check_output_dir(req.out, force=req.force, source=source.path)  # fail before any training
+    if req.target == "onnx":
+        from exporters.onnx.quant import OnnxOptions, check_request
+
+        check_request(Checkpoint(source.path).config, OnnxOptions(req.quant, req.quant_group), cfg.align,
+                      str(resolve_device(cfg.device)))
     device = resolve_device(cfg.device)
     # before any long step: refuse what cannot fit, write nothing
-    check_memory(Checkpoint(source.path), cfg, evaluate=req.evaluate and req.target != "onnx", device=device,
+    check_memory(Checkpoint(source.path), cfg, evaluate=req.evaluate, device=device,
                  planning=req.plan is None, heal=req.heal, validate=req.validate)
     phases = PhaseLog()
     result = (_saved_plan(req.plan, source.path) if req.plan
@@ -67,7 +76,8 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
             healing = _heal(source.path, plan, req, device, stage / ".prunenet-healed", phases, cfg.policy)
             plan, healed_dir = replace(plan, extra={**plan.extra, "healing": healing.record()}), healing.weights.root
         export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=str(device),
-                                  dtype=_output_dtype(req.dtype, source), healed=healed_dir)
+                                  dtype=_output_dtype(req.dtype, source), healed=healed_dir, quant=req.quant,
+                                  quant_group=req.quant_group)
         with phases.phase("write", device):
             report = EXPORTERS[req.target](source.path, plan, stage, export_cfg)
         if healed_dir is not None:
@@ -82,9 +92,9 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
 
                 save_healing_text(stage / HEAL_TEXT_FILE, healing.text, healing_text_key(plan.source_fingerprint, req.heal))
         quality = None
-        if req.evaluate and req.target != "onnx":
+        if req.evaluate:
             with phases.phase("eval", device):
-                quality = _quality(stage, source.path, str(device))
+                quality = _quality(stage, source.path, str(device), req.target)
         if req.target == "vllm":
             report["vllm"] = _check_vllm(stage, warnings)
         hint = load_hint(req.target, str(report.get("architecture", "")), req.out)
@@ -107,7 +117,7 @@ def _heal(source: Path, plan, req: ExportRequest, device, workdir: Path, phases,
     from prunenet.healing.heal import heal_plan
 
     reference = None
-    if req.evaluate and req.target != "onnx":
+    if req.evaluate:
         from prunenet.evaluation.directories import default_seq_len
         from prunenet.evaluation.windows import token_windows
         from prunenet.source.loaders import load_tokenizer
@@ -149,10 +159,26 @@ def _saved_plan(path: Path, source: Path):
     return PlanResult(plan)
 
 
-def _quality(out: Path, source: Path, device: str) -> dict[str, Any]:
+def _quality(out: Path, source: Path, device: str, target: str) -> dict[str, Any]:
+    if target == "onnx":  # the graph's own logits (int4's cost shows), not the weights it was built from
+        from exporters.onnx.quality import evaluate_onnx_dir
+
+        return evaluate_onnx_dir(out, source, device=device).to_dict()
     from prunenet.evaluation.directories import evaluate_dirs
 
     return evaluate_dirs(out, source, device=device).to_dict()
+
+
+def _check_quant_flags(req: ExportRequest) -> None:
+    """Flag combinations refused before anything is resolved or written."""
+    from prunenet.errors import PruneNetError
+
+    if req.target == "onnx" and req.quant == "fp8":
+        raise PruneNetError("--quant fp8 is not available for --target onnx (no ONNX Runtime fp8 matmul kernel); "
+                            "use w4a16 or w8a8")
+    if req.target != "onnx" and (req.quant != "none" or req.quant_group is not None):
+        raise PruneNetError(f"--quant for --target {req.target} is not on this branch yet (issue 20); "
+                            "use --target onnx")
 
 
 def _check_vllm(out: Path, warnings: list[str]) -> str | None:
