@@ -1,10 +1,11 @@
 """onnxruntime-genai on an exported directory: the ``genai_config.json`` we ship, and a decoder over its generator.
 
-The builder's ``genai_config.json`` leaves ONNX Runtime's session options to onnxruntime-genai,
-which turns intra-op thread spinning off; on a per-token decode loop every MatMul then wakes
-sleeping threads, so the generator ran 1.4-1.7x slower than a plain ORT loop on the same graph.
-:func:`tune_genai_config` turns spinning back on (ORT's own default) and records what the graph
-is; users can still override it, or the thread count, in the file.
+The builder's ``genai_config.json`` leaves ONNX Runtime's session options to onnxruntime-genai.
+:func:`tune_genai_config` writes the two a plain ORT loop runs with by default (intra- and
+inter-op threads spinning between calls) so the generator's session is configured like the plain
+loop's, checks the builder's model fields against ``config.json``, and leaves the thread count to
+ONNX Runtime (one per physical core) so the directory fits the machine it runs on; ``prunenet
+bench`` overlays ``--threads`` on both engines alike. docs/onnx.md has the side-by-side timings.
 
 :class:`GenaiDecoder` runs ``og.Generator`` with greedy search and no early stop, recording the
 same :class:`~exporters.onnx.greedy.Generation` as the other engines: the prompt pass is
