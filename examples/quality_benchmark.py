@@ -59,6 +59,7 @@ def main() -> None:
     }
     rows: list[dict] = []
     args.out.mkdir(parents=True, exist_ok=True)
+    texts: dict[int, list] = {}  # one self-text per token count, shared by every plan that uses it
     with tempfile.TemporaryDirectory() as tmp:
         for label, method, self_data in VARIANTS:
             if label not in args.variants:
@@ -69,8 +70,10 @@ def main() -> None:
                     cfg = PruneConfig(ratio=ratio, method=method, allocation=allocation, episodes=args.episodes,
                                       self_data=self_data if self_data == 0 else args.self_tokens, policy=policy_path)
                     start = time.perf_counter()
-                    result = make_plan(source.path, cfg, source_name=source.name)
+                    result = make_plan(source.path, cfg, source_name=source.name, self_text=texts.get(cfg.self_data))
                     seconds = time.perf_counter() - start
+                    if result.self_text is not None:
+                        texts.setdefault(cfg.self_data, result.self_text)
                     if result.policy is not None and policy_path is None:
                         policy_path = Path(tmp) / f"{label}-{allocation}.safetensors".replace(" ", "_")
                         save_policy(result.policy, policy_path, result.policy_metadata)
@@ -82,7 +85,7 @@ def main() -> None:
                     continue
                 cfg = PruneConfig(ratio=ratio, method="prunenet", allocation="sensitivity", episodes=args.episodes,
                                   self_data=args.self_tokens)
-                result = make_plan(source.path, cfg, source_name=source.name)
+                result = make_plan(source.path, cfg, source_name=source.name, self_text=texts.get(cfg.self_data))
                 rows.append(_score(refs, result.plan, "prunenet (self-data), trained at this ratio", "sensitivity",
                                    ratio, 0.0, reused=False))
                 print(_line(rows[-1]), flush=True)

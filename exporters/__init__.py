@@ -3,23 +3,23 @@
 A healed run adds one more input, the healed FFN tensors (``ExportConfig.healed``), read in place of
 the sliced source tensors of the same names.
 
-``EXPORTERS`` maps ``--target`` names to functions ``(source, plan, out, cfg) -> report``. They
-write into ``out`` (a staging directory; the caller commits it atomically) and know nothing of
-the policy or of how the plan was made. A new target is one entry here and one sub-package
-(``exporters/hf``, ``exporters/onnx``); staging and the model card are shared by all targets.
+Each target in :data:`exporters.targets.TARGETS` names a writer ``(source, plan, out, cfg) -> report``
+defined here. Writers write into ``out`` (a staging directory; the job commits it atomically) and know
+nothing of the policy or of how the plan was made. A new target is one ``TARGETS`` entry and one
+sub-package (``exporters/hf``, ``exporters/onnx``); staging and the model card are shared by all.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prunenet.planning.plan import PruningPlan
+from prunenet.quantization.schemes import QuantSpec
 
-__all__ = ["ExportConfig", "EXPORTERS", "export_hf", "export_onnx_target"]
+__all__ = ["ExportConfig", "export_hf", "export_onnx_target"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,11 @@ class ExportConfig:
     """dtype of the written weights ('bfloat16', 'float16', 'float32'); None keeps the source's."""
     healed: Path | None = None
     """A :class:`~prunenet.healing.weights.HealedWeights` directory: its tensors replace the sliced source ones."""
-    quant: str = "none"
-    """--quant (the ONNX target builds 4/8-bit MatMulNBits weights for w4a16/w8a8)."""
-    quant_group: int | None = None
+    quant: QuantSpec | None = None
+    """Decoder linears written quantized (compressed-tensors); None: floating point."""
+    scheme: str = "none"
+    """The ``--quant`` name for a target that quantizes in its own format (onnx: MatMulNBits), with ``group``."""
+    group: int | None = None
 
 
 def export_hf(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> dict[str, Any]:
@@ -47,12 +49,12 @@ def export_hf(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> 
 
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
     healed = HealedWeights(cfg.healed) if cfg.healed is not None else None
-    config = write_hf_checkpoint(source, plan, out, compat=cfg.compat, dtype=dtype, healed=healed)
+    config = write_hf_checkpoint(source, plan, out, compat=cfg.compat, dtype=dtype, healed=healed, quant=cfg.quant)
     report: dict[str, Any] = {"architecture": config["architectures"][0], "compat": cfg.compat,
                               "dtype": config.get("dtype") or config.get("torch_dtype")}
     if cfg.validate:
         report["max_logit_diff"] = validate_hf_export(source, out, plan, dtype=dtype, device=cfg.device,
-                                                       healed=healed)
+                                                       healed=healed, quant=cfg.quant)
     return report
 
 
@@ -66,12 +68,6 @@ def export_onnx_target(source: Path, plan: PruningPlan, out: Path, cfg: ExportCo
         hf_dir = Path(tmp)
         report = export_hf(source, plan, hf_dir, cfg)
         report["onnx"] = export_onnx(hf_dir, out, device=cfg.device, validate=cfg.validate, dtype=cfg.dtype,
-                                     options=OnnxOptions(quant=cfg.quant, group=cfg.quant_group))
+                                     options=OnnxOptions(quant=cfg.scheme, group=cfg.group))
     return report
 
-
-EXPORTERS: dict[str, Callable[[Path, PruningPlan, Path, ExportConfig], dict[str, Any]]] = {
-    "hf": export_hf,
-    "vllm": export_hf,  # same directory; the CLI then checks that vLLM resolves it
-    "onnx": export_onnx_target,
-}

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prunenet import __version__
 from prunenet.arch import is_pruned_architecture
 from prunenet.planning.plan import PruningPlan
+from prunenet.version import __version__
 
 __all__ = ["write_widths_chart", "write_model_card", "load_hint", "CHART_FILE"]
 
@@ -25,9 +25,11 @@ LOAD_HINTS = {
 }
 
 
-def load_hint(target: str, architecture: str, out: Path | str) -> str:
-    """How to load and serve this output: stock, per-layer widths (remote code / plugin) or ONNX."""
-    key = "onnx" if target == "onnx" else ("native" if is_pruned_architecture(architecture) else "stock")
+def load_hint(card: str, architecture: str, out: Path | str) -> str:
+    """How to load and serve this output. ``card`` is the target's :attr:`~exporters.targets.Target.card`:
+    a key of :data:`LOAD_HINTS`, or ``"hf"``, which resolves by the written architecture to stock or
+    per-layer-width (remote code / plugin) instructions."""
+    key = card if card != "hf" else ("native" if is_pruned_architecture(architecture) else "stock")
     return LOAD_HINTS[key].format(out=out)
 
 
@@ -79,6 +81,16 @@ def _healing_rows(plan: PruningPlan) -> str:
             "| text | KL(dense \\|\\| pruned) | perplexity ratio |\n|---|---|---|\n" + table + "\n")
 
 
+def _quant_row(plan: PruningPlan) -> str:
+    """What ``--quant`` chose, as the plan records it (``plan.extra["quantization"]``)."""
+    q = plan.extra.get("quantization")
+    if not q:
+        return "none (floating-point weights)"
+    return (f"`{q['scheme']}` ({q['format']}): {q['bits']}-bit {q['type']} weights, symmetric, per "
+            f"{q['granularity']}, {q['clipping']} scales; activations {q['activations']}; embeddings and "
+            "LM head unquantized")
+
+
 def write_model_card(out: Path, plan: PruningPlan, stats: dict[str, Any], quality: dict[str, Any] | None,
                      target: str, load_hint: str) -> Path:
     widths = plan.widths
@@ -100,6 +112,7 @@ Structured FFN pruning by prunenet-deploy {__version__} (PruneNet, calibration-f
 | parameters | {stats['params_before']:,} -> {stats['params_after']:,} ({stats['param_reduction']:.2%} fewer) |
 | FFN parameters | {stats['ffn_params_before']:,} -> {stats['ffn_params_after']:,} |
 | target | `{target}` |
+| quantization | {_quant_row(plan)} |
 
 ## Widths per layer
 

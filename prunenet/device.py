@@ -1,7 +1,7 @@
-"""Where the algorithm computes: ``--device`` resolved once, and how much memory that device offers.
+"""The rules for where and in which dtype the algorithm computes, and how much memory a device offers.
 
-Every phase (planning, self-text, rewards, training, export validation, the quality report) takes the
-device from here, so ``--device cuda`` reaches all of them and ``auto`` means the same thing everywhere.
+Pure functions of (device, stored dtype) and one CPU probe. A job combines them once into a
+:class:`~prunenet.compute.Compute`, which is what the phases read.
 """
 
 from __future__ import annotations
@@ -55,11 +55,10 @@ def model_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (oneDNN's AVX-512 / AMX kernels).
+    """Whether this CPU multiplies bf16 matrices natively (oneDNN's AVX-512 BF16 / AMX kernels).
 
-    Measured with torch 2.13 on 2 cores: with AVX-512 BF16, bf16 products run 1.6-5x faster than fp32
-    ones (4096 x 11008 weights: 199 vs 40 GFLOP/s at 16 rows, 351 vs 142 at 2,048); on AVX2-only CPUs
-    they take an emulated path (11 GFLOP/s per thread vs 28 in fp32).
+    With them bf16 products are several times faster than fp32 ones; without them (AVX2-only CPUs)
+    bf16 takes an emulated path slower than fp32 (``docs/scale.md`` has the measurements).
     """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -83,9 +82,8 @@ def heal_source_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype healing treats the source as, for its self-text (:func:`model_dtype` of it) and its dense
     layers (:func:`layer_dtype` of it), in both modes; what it trains keeps fp32 master weights either way.
 
-    ``stored``, except that a CPU with native bf16 products heals an fp32 source as bf16: measured on the
-    default model at ratio 0.3 (2-core AVX-512 CPU, fp32 vs bf16, 60 steps): 385 vs 249 s, reference KL 0.539 vs
-    0.543; the time saved buys the default 100 steps (388 s: KL 0.535, perplexity x1.700).
+    ``stored``, except that a CPU with native bf16 products heals an fp32 source as bf16: the same
+    quality in about two thirds of the time (``docs/healing.md``), which buys more steps.
     """
     if device.type == "cpu" and stored == torch.float32 and cpu_has_fast_bf16():
         return torch.bfloat16

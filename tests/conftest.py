@@ -60,3 +60,19 @@ def quickstart(default_model, tmp_path_factory) -> tuple[Path, Path, dict]:
                           timeout=1200)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return cwd, out, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def tiny_with_tokenizer(tmp_path_factory) -> Path:
+    """A tiny llama with a word-level tokenizer of its vocabulary (self-text needs one)."""
+    import importlib.util
+    import sys
+
+    path = make_tiny_model("llama", tmp_path_factory.mktemp("tok") / "llama")
+    spec = importlib.util.spec_from_file_location(
+        "scale_checkpoints", Path(__file__).resolve().parents[1] / "examples" / "scale_checkpoints.py")
+    builder = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = builder  # its dataclasses look their module up
+    spec.loader.exec_module(builder)
+    builder.write_tokenizer(TINY_CONFIGS["llama"][1]["vocab_size"], path)
+    return path

@@ -16,7 +16,7 @@ from exporters.onnx.greedy import Generation
 from prunenet.cli import main
 from prunenet.cli.bench import join_multi_values
 from serving.bench.config import BenchConfig
-from serving.bench.measure import Loaded, measure
+from serving.bench.measure import RATIO_KEYS, Loaded, measure, with_ratios
 from serving.bench.outputs import markdown_table
 from serving.bench.run import benchmark
 
@@ -65,8 +65,8 @@ def test_report_schema_and_outputs(pair, cache, tmp_path):
         assert all(row[k] > 0 for k in ROW_METRICS), row
         assert row["runs"] == 2 and len(row["decode_latency_ms_runs"]) == 2
         assert row["generation_length"] == 4 and row["batch_size"] == 1
-    firsts = [r for r in rows if r["model"] == dense["label"]]
-    assert all(r["vs_first"]["decode_latency_ms"] == 1.0 for r in firsts)
+    for base, other in zip(rows[::2], rows[1::2], strict=True):  # dense then pruned, same engine and shape
+        assert other["vs_first"] == {k: round(other[k] / base[k], 4) for k in RATIO_KEYS}, other["engine"]
     onnx_pruned = next(r for r in rows if r["engine"] == "onnxruntime" and r["model"] == pruned["label"])
     assert onnx_pruned["vs_first"]["model_size_mb"] < 1.0  # the pruned graph is smaller on disk
     assert all(r["memory_shape"] == [1, 16] and r["peak_rss_mb"] > r["model_memory_mb"] for r in rows)
@@ -114,6 +114,20 @@ def test_models_are_measured_alternately():
     assert calls == ["B", "A", "A", "B", "B", "A", "A", "B", "B", "A"]
     assert [r["model"] for r in rows] == ["A", "B"] and all(r["runs"] == 4 for r in rows)
     assert rows[0]["decode_latency_ms"] == pytest.approx(2.0) and rows[0]["prompt_latency_ms"] == pytest.approx(10.0)
+
+
+def test_ratios_divide_by_the_first_directory_of_the_same_engine_and_shape():
+    def row(engine, plen, model, value):
+        return {"engine": engine, "batch_size": 1, "prompt_length": plen, "model": model,
+                **{k: value * (i + 1) for i, k in enumerate(RATIO_KEYS)}}
+
+    rows = [row("torch", 8, "A", 2.0), row("torch", 16, "A", 4.0), row("torch", 8, "B", 3.0),
+            row("onnxruntime", 8, "A", 10.0), row("onnxruntime", 8, "B", 5.0), row("torch", 16, "B", 1.0)]
+    rows[3]["model_memory_mb"] = None  # not measured: no ratio for it, in that engine only
+    ratios = [r["vs_first"] for r in with_ratios(rows)]
+    assert [r["decode_latency_ms"] for r in ratios] == [1.0, 1.0, 1.5, 1.0, 0.5, 0.25]
+    assert ratios[4]["model_memory_mb"] is None and ratios[2]["model_memory_mb"] == 1.5
+    assert all(len(set(r.values())) == 1 for i, r in enumerate(ratios) if i not in (3, 4))
 
 
 def test_multi_value_options_are_joined():

@@ -12,7 +12,7 @@ from prunenet.planning.allocation import input_layer_prior, sensitivity_widths, 
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.planner import PruneConfig, make_plan
 from prunenet.planning.surgery import apply_plan_
-from prunenet.policy.network import PolicyNetwork, load_policy, save_policy
+from prunenet.policy.network import PolicyNetwork, load_policy, policy_fingerprint, save_policy
 from prunenet.policy.spectrum import ks_distance, singular_values
 
 
@@ -60,8 +60,12 @@ def test_fast_policy_score_equals_paper_formula():
     torch.manual_seed(0)
     policy = PolicyNetwork(24, 96)
     S = torch.randn(96, 24)
-    assert torch.allclose(policy.keep_logits(S), policy.paper_keep_logits(S), atol=1e-4)
-    assert policy(S).shape == (96,) and ((policy(S) > 0) & (policy(S) < 1)).all()
+    A, b, rho = policy.proj.weight.detach(), policy.proj.bias.detach(), policy.rho.detach()
+    paper = ((S @ A.T + b) @ rho).squeeze(-1)  # alpha = sigmoid((S A^T + 1 b^T) rho), paper section 3
+    assert torch.allclose(policy.keep_logits(S), paper, atol=1e-4)
+    assert torch.allclose(policy.paper_keep_logits(S), paper, atol=1e-5)
+    assert torch.allclose(policy(S), torch.sigmoid(paper), atol=1e-5)  # keep-probabilities of the 96 rows
+    assert policy(S).std() > 0.1  # not a constant: the formula above has something to disagree with
 
 
 def test_policy_roundtrip_and_corrupt_file(tmp_path):
@@ -157,7 +161,8 @@ def test_ratio_zero_keeps_everything(tiny_models):
 @pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
 def test_every_architecture_trains_and_prunes(tiny_models, model_type):
     result = make_plan(tiny_models[model_type], PruneConfig(self_data=0, ratio=0.5, align=32, episodes=2))
-    assert result.policy is not None and len(result.history) == 2
+    assert result.policy is not None and result.policy_metadata["train"]["episodes"] == 2
+    assert result.policy_metadata["fingerprint"] == policy_fingerprint(result.policy)
     widths = result.plan.widths  # ratio 0.5 of 3 x 192 neurons in steps of 32: the budget is met exactly
     assert sum(widths) == 3 * 96 and all(w % 32 == 0 and 32 <= w <= 192 for w in widths), widths
 
@@ -168,13 +173,16 @@ def test_policy_reuse_at_other_ratio_and_shape_check(tiny_models, tmp_path):
     save_policy(trained.policy, path, trained.policy_metadata)
     reused = make_plan(tiny_models["llama"], PruneConfig(self_data=0, ratio=0.3, align=1, policy=path)).plan
     assert reused.layers == trained.plan.layers  # same policy, same ratio: same plan
-    other = make_plan(tiny_models["llama"], PruneConfig(self_data=0, ratio=0.1, align=1, policy=path)).plan
-    for lo, hi in zip(trained.plan.layers, other.layers, strict=True):  # a higher ratio keeps a subset
-        top = sorted(range(192), key=lambda j: -hi.scores[j])
-        assert set(top[: lo.width]) == set(lo.kept) or lo.width > hi.width
-    with pytest.raises(PolicyMismatch):  # other FFN shape (falcon tiny has ffn 192 but hidden differs? use opt)
-        bad = PolicyNetwork(5, 77)
-        save_policy(bad, tmp_path / "bad.safetensors", {"method": "prunenet"})
+    wider = make_plan(tiny_models["llama"], PruneConfig(self_data=0, ratio=0.1, align=1, policy=path)).plan
+    assert sum(wider.widths) > sum(trained.plan.widths)
+    for narrow, wide in zip(trained.plan.layers, wider.layers, strict=True):
+        assert narrow.scores == wide.scores  # the saved policy scores every neuron as the trained one did
+        top = sorted(range(wide.original_width), key=lambda j: -wide.scores[j])
+        # each ratio keeps its layer's best-scored neurons, so the plan that keeps fewer keeps a subset
+        assert set(top[: narrow.width]) == set(narrow.kept) and set(top[: wide.width]) == set(wide.kept)
+    bad = PolicyNetwork(5, 77)  # a state width and an FFN width no layer of the tiny llama has
+    save_policy(bad, tmp_path / "bad.safetensors", {"method": "prunenet"})
+    with pytest.raises(PolicyMismatch, match="77 x state 5"):
         make_plan(tiny_models["llama"], PruneConfig(self_data=0, ratio=0.3, policy=tmp_path / "bad.safetensors"))
 
 

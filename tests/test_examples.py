@@ -21,11 +21,16 @@ def _env() -> dict:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "SELF_DATA": "0", "ALIGN": "16"}
 
 
-def test_python_api_example(tiny_models, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "python_api.py"), str(tiny_models["llama"]),
+def test_python_api_example(tiny_with_tokenizer, tmp_path):
+    """The one-call API runs the whole job: the written directory carries the quality report's numbers."""
+    import re
+
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "python_api.py"), str(tiny_with_tokenizer),
                            str(tmp_path / "out")], capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "fewer parameters" in proc.stdout and (tmp_path / "out" / "config.json").is_file()
+    kl = float(re.search(r"KL (\S+)", proc.stdout).group(1))
+    assert kl > 0 and "fewer parameters" in proc.stdout
+    assert f"{kl:.4f}"[:5] in (tmp_path / "out" / "README.md").read_text()  # the model card got the report
 
 
 def test_reuse_policy_example(tiny_models, tmp_path):

@@ -19,17 +19,13 @@ from transformers import AutoModelForCausalLM
 
 from exporters import ExportConfig, export_hf
 from prunenet.cli import main
-from prunenet.healing.blockwise import heal_blockwise
-from prunenet.healing.config import HealConfig
+from prunenet.compute import Compute
+from prunenet.healing.config import HEAL_MODES, HealConfig
 from prunenet.healing.data import HEAL_TEXT_FILE, split_rows
-from prunenet.healing.end_to_end import heal_end_to_end
 from prunenet.healing.measure import TeacherTargets, row_quality, sparse_kl_loss
 from prunenet.healing.weights import HealedWeights
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_plan_
-
-CPU = torch.device("cpu")
-MODES = {"end-to-end": heal_end_to_end, "block": heal_blockwise}
 
 
 @pytest.fixture(autouse=True)
@@ -52,18 +48,31 @@ def _cfg(**kw) -> HealConfig:
 
 def _heal(src: Path, mode: str, out: Path, cfg: HealConfig, plan=None):
     plan = plan or outlier_plan(src)
-    return plan, MODES[mode](src, plan, _text(cfg), cfg, device=CPU, weights=HealedWeights(out))
+    return plan, _run(mode, src, plan, _text(cfg), cfg, out)
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+def _run(mode: str, src: Path, plan, text, cfg: HealConfig, out: Path):
+    """One healing mode, fp32 on the CPU (the compute resolved after the fixture fixed the probe)."""
+    compute = Compute.for_checkpoint("cpu", src)
+    return HEAL_MODES[mode].run()(src, plan, text, cfg, compute=compute, weights=HealedWeights(out))
+
+
+def _worst_held_out(outcome) -> float:
+    """The highest held-out loss healing saw at any evaluation, relative to where it started."""
+    if outcome.mode == "block":
+        return max(h["held_out_worst"] / h["held_out_before"] for h in outcome.history)
+    return max(h["held_out"] for h in outcome.history) / outcome.history[0]["held_out"]
+
+
+@pytest.mark.parametrize("mode", list(HEAL_MODES))
 def test_held_out_loss_falls_and_never_rises(tiny_models, tmp_path, mode):
     _, good = _heal(tiny_models["llama"], mode, tmp_path / "good", _cfg())
-    assert good.held_out_after["kl"] < good.held_out_before["kl"]
-    # a learning rate that wrecks every step: the early stop keeps the unhealed weights, so nothing gets worse
+    assert good.held_out_after["kl"] < 0.9 * good.held_out_before["kl"]
+    # a learning rate that wrecks the weights: training made the held-out loss worse, yet the early stop
+    # kept the best weights it saw, so the written model is no worse than the unhealed one
     _, bad = _heal(tiny_models["llama"], mode, tmp_path / "bad", _cfg(lr=5.0, patience=1))
+    assert _worst_held_out(bad) > 1.5
     assert bad.held_out_after["kl"] <= bad.held_out_before["kl"] + 1e-6
-    if mode == "block":  # the loss block mode optimises is each block's held-out MSE
-        assert all(h["held_out_after"] <= h["held_out_before"] for h in good.history + bad.history)
 
 
 def test_top_k_targets_bound_the_full_kl_and_vanish_only_at_the_teacher():
@@ -86,8 +95,6 @@ def test_block_mode_has_end_to_end_interface(tiny_models, tmp_path):
     cfg = _cfg()
     _, e2e = _heal(tiny_models["llama"], "end-to-end", tmp_path / "e2e", cfg)
     _, blk = _heal(tiny_models["llama"], "block", tmp_path / "blk", cfg)
-    assert e2e.to_dict().keys() == blk.to_dict().keys()
-    assert (e2e.mode, blk.mode) == ("end-to-end", "block")
     assert e2e.held_out_before == blk.held_out_before  # the same unhealed model, measured the same way
     a, b = HealedWeights(tmp_path / "e2e"), HealedWeights(tmp_path / "blk")
     assert a.names() == b.names() and len(a) == e2e.healed_tensors == blk.healed_tensors > 0
@@ -109,7 +116,7 @@ def test_healed_export_reloads_with_its_widths_and_healed_logits(tiny_models, tm
     cfg = _cfg()
     text = _text(cfg)
     plan = outlier_plan(src)
-    outcome = heal_end_to_end(src, plan, text, cfg, device=CPU, weights=HealedWeights(tmp_path / "healed"))
+    outcome = _run("end-to-end", src, plan, text, cfg, tmp_path / "healed")
     out = tmp_path / "out"
     export_hf(src, plan, out, ExportConfig(dtype="float32", healed=tmp_path / "healed"))
     exported = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
@@ -134,7 +141,7 @@ def test_bf16_healing_learns_and_its_export_reloads(tiny_models, tmp_path, monke
     cfg = _cfg()
     text = _text(cfg)
     plan = outlier_plan(src)
-    outcome = heal_end_to_end(src, plan, text, cfg, device=CPU, weights=HealedWeights(tmp_path / "healed"))
+    outcome = _run("end-to-end", src, plan, text, cfg, tmp_path / "healed")
     assert outcome.held_out_after["kl"] < 0.9 * outcome.held_out_before["kl"]
     out = tmp_path / "out"
     export_hf(src, plan, out, ExportConfig(dtype="float32", healed=tmp_path / "healed"))

@@ -201,12 +201,13 @@ def test_quant_validation_rejects_the_wrong_reference(sources, tmp_path):
 
 def test_onnx_target_manifest_lists_exactly_the_directory(sources, tmp_path):
     """The intermediate HF export lives inside the output and is removed: the manifest must not list it."""
-    from exporters import EXPORTERS, ExportConfig
+    from exporters import ExportConfig
+    from exporters.targets import TARGETS
 
     out = tmp_path / "onnx"
     out.mkdir()
     src = sources["llama"]
-    EXPORTERS["onnx"](src, outlier_plan(src, widths=WIDTHS), out, ExportConfig())
+    TARGETS["onnx"].write()(src, outlier_plan(src, widths=WIDTHS), out, ExportConfig())
     manifest = json.loads((out / "prunenet-onnx.json").read_text())
     present = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert manifest["files"] == present

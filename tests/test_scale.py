@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import random
 import subprocess
@@ -31,6 +32,9 @@ def _load_example(name: str):
 
 sc = _load_example("scale_checkpoints")  # the checkpoint builder
 sb = _load_example("scale_benchmark")  # the runner and report; imports the builder above (one module object)
+
+
+BYTES_PER_ELEMENT = {"BF16": 2, "F16": 2, "F32": 4}
 
 
 def _tensor_shapes(ckpt: Path) -> dict[str, tuple[list[int], str]]:
@@ -70,8 +74,9 @@ def _check_checkpoint(ckpt: Path, shape: sc.Shape, layers: int) -> None:
         assert tensors[p + "mlp.down_proj.weight"][0] == [h, f]
         assert tensors[p + "self_attn.k_proj.weight"][0] == [kv, h]
         assert tensors[p + "self_attn.q_proj.weight"][0] == [h, h]
-    nbytes = sum(s.stat().st_size for s in (ckpt / n for n in shards))
-    assert index["metadata"]["total_size"] <= nbytes
+    # the index's total_size is the tensors' data, headers excluded (as transformers writes it)
+    data_bytes = sum(math.prod(dims) * BYTES_PER_ELEMENT[dt] for dims, dt in tensors.values())
+    assert index["metadata"]["total_size"] == data_bytes
 
     cfg = json.loads((ckpt / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]
@@ -198,9 +203,9 @@ def test_reference_speed_records_failures_and_stopped_runs():
 
 
 def test_timed_run_measures_and_reports_failure(tmp_path):
-    rc, wall, rss_kb, out, _ = sb.timed_run([sys.executable, "-c", "b = bytearray(200 << 20); print('{\"x\": 2}')"],
-                                            tmp_path / "ok", timeout=60)
-    assert rc == 0 and sb.parse_report(out) == {"x": 2} and wall >= 0 and rss_kb > 200 * 1024
+    cmd = [sys.executable, "-c", "import time; b = bytearray(200 << 20); time.sleep(1.5); print('{\"x\": 2}')"]
+    rc, wall, rss_kb, out, _ = sb.timed_run(cmd, tmp_path / "ok", timeout=60)
+    assert rc == 0 and sb.parse_report(out) == {"x": 2} and 1.5 <= wall < 30 and rss_kb > 200 * 1024
     rc, _, _, _, err = sb.timed_run([sys.executable, "-c", "import sys; sys.exit('boom')"], tmp_path / "bad", 60)
     assert rc == 1 and "boom" in err
     rc, wall, _, _, _ = sb.timed_run([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "slow", 1)
@@ -248,7 +253,6 @@ def test_gpu_check_script_syntax():
 
 def _header_only_checkpoint(shape_name: str, layers: int, out: Path) -> Path:
     """A real-shape checkpoint whose data section is a hole (sparse file): headers and config, no weights."""
-    import math
     import struct
 
     shape = sc.SHAPES[shape_name]
@@ -278,14 +282,15 @@ MEASURED_PEAKS = [("llama2-7b", 8, "read", 1.51), ("llama2-7b", 8, "write", 3.20
 def test_preflight_estimate_brackets_the_measured_peak(tmp_path, shape, layers, phase, measured):
     """Never below what a real run used (nothing the check accepts is OOM-killed), and not so far above
     that it refuses runs that fit: the 70B-shape write once needed 24.9 GB by the estimate, 21.4 in fact."""
-    import torch
 
+    from prunenet.compute import Compute
     from prunenet.planning.config import PruneConfig
     from prunenet.preflight import RUNTIME_BYTES, estimate_phases
     from prunenet.source.checkpoint import Checkpoint
 
     ckpt = Checkpoint(_header_only_checkpoint(shape, layers, tmp_path / "ckpt"))
-    phases = estimate_phases(ckpt, PruneConfig(ratio=0.3, self_data=0), evaluate=False, device=torch.device("cpu"))
+    phases = estimate_phases(ckpt, PruneConfig(ratio=0.3, self_data=0), evaluate=False,
+                             compute=Compute.resolve("cpu", ckpt.dtype))
     need = {p.name: p.need + RUNTIME_BYTES for p in phases}[phase]
     assert measured * 2**30 <= need <= 1.6 * measured * 2**30, need / 2**30
     if shape == "llama3-70b":
@@ -299,16 +304,16 @@ MEASURED_DEFAULT_PEAKS = {"self-text": 13.997, "capture": 4.853, "write": 3.906,
 
 def test_preflight_estimate_brackets_the_measured_defaults_peaks_with_native_bf16(tmp_path, monkeypatch):
     """The export's own self-check computes in fp32 whatever the layer dtype; its estimate must say so."""
-    import torch
 
     from prunenet import device as dev
+    from prunenet.compute import Compute
     from prunenet.planning.config import PruneConfig
     from prunenet.preflight import RUNTIME_BYTES, estimate_phases
     from prunenet.source.checkpoint import Checkpoint
 
     monkeypatch.setattr(dev, "cpu_has_fast_bf16", lambda: True)
     ckpt = Checkpoint(_header_only_checkpoint("llama2-7b", 32, tmp_path / "ckpt"))
-    phases = estimate_phases(ckpt, PruneConfig(ratio=0.3), evaluate=True, device=torch.device("cpu"))
+    phases = estimate_phases(ckpt, PruneConfig(ratio=0.3), evaluate=True, compute=Compute.resolve("cpu", ckpt.dtype))
     need = {p.name: (p.need + RUNTIME_BYTES) / 2**30 for p in phases}
     for phase, measured in MEASURED_DEFAULT_PEAKS.items():
         assert measured <= need[phase] <= 1.6 * measured, (phase, need[phase])
@@ -327,18 +332,17 @@ def test_smoke_2_layer_7b_shape(tmp_path):
     cmd = sb.export_command(ckpt, out, "weights-only", "hf", "auto", 0.3)  # what `run --mode weights-only` runs
     assert cmd[0] == str(BIN / "prunenet-export") and {"--self-data", "--no-eval", "--json"} <= set(cmd)
     rc, wall, rss_kb, stdout, stderr = sb.timed_run(cmd, tmp_path / "log", timeout=600)
-    print(f"2-layer llama2-7b weights-only export: {wall:.1f} s, peak RSS {rss_kb / 1024**2:.2f} GB")
     assert rc == 0, stderr[-3000:]
     report = sb.parse_report(stdout)
     assert report is not None, stdout[-2000:]
 
+    widths = report["widths"]
     cfg = json.loads((out / "config.json").read_text())
-    widths = cfg.get("intermediate_sizes") or [cfg["intermediate_size"]] * 2
+    assert cfg["pruning"]["widths"] == widths and cfg["intermediate_size"] == max(widths)
+    assert cfg.get("intermediate_sizes") == (widths if len(set(widths)) > 1 else None)  # only when non-uniform
     assert len(widths) == 2 and all(w % 64 == 0 and 0 < w <= shape.ffn for w in widths)
     assert min(widths) < shape.ffn
     assert abs(sum(widths) - 0.7 * 2 * shape.ffn) <= 64 * 2  # within one 64-step per layer
-    if "widths" in report:
-        assert report["widths"] == widths
 
     tensors = _tensor_shapes(out)
     h = shape.hidden
@@ -347,6 +351,14 @@ def test_smoke_2_layer_7b_shape(tmp_path):
         assert tensors[p + "gate_proj.weight"][0] == tensors[p + "up_proj.weight"][0] == [w, h]
         assert tensors[p + "down_proj.weight"][0] == [h, w]
     assert tensors["lm_head.weight"][0] == [shape.vocab, h]
-    row = sb.RunResult(str(ckpt), 2, "weights-only", "hf", wall, rss_kb / 1024**2, rc, sb.phases_of(report),
+
+    # the benchmark's row for this run: the measured wall time and RSS, and the phases the export reported
+    phases = sb.phases_of(report)
+    assert {"read", "write"} <= set(phases) and "eval" not in phases  # --no-eval: no quality report
+    assert all(0 <= ph["seconds"] <= wall and 0 < ph["peak_rss_mb"] <= rss_kb / 1024 * 1.01 for ph in phases.values())
+    row = sb.RunResult(str(ckpt), 2, "weights-only", "hf", wall, rss_kb / 1024**2, rc, phases,
                        shape=sc.checkpoint_shape(ckpt))
-    print(sb.results_table([row]))  # "-" per phase on builds without report["phases"]
+    cells = [c.strip() for c in sb.results_table([row]).splitlines()[2].strip("|").split("|")]
+    expected = {n: f"{ph['seconds']:.1f} s / {ph['peak_rss_mb'] / 1024:.2f} GiB" for n, ph in phases.items()}
+    assert cells[:5] == ["llama2-7b", "2", "weights-only", f"{wall:.1f}", f"{rss_kb / 1024**2:.2f}"]
+    assert cells[5:] == [expected.get(n, "-") for n in sb.phase_names([row])]

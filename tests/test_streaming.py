@@ -11,6 +11,7 @@ from tiny_models import TINY_CONFIGS
 
 from prunenet.arch import get_arch_spec
 from prunenet.cli import main
+from prunenet.compute import Compute
 from prunenet.evaluation.reference import compare_models, pruned_copy
 from prunenet.evaluation.streaming import compare_streaming
 from prunenet.planning.planner import PruneConfig, make_plan
@@ -78,6 +79,15 @@ def test_streamed_quality_report_equals_the_in_memory_one(tiny_models, tmp_path)
     assert got.kl > 0
 
 
+def _held_bytes(summary) -> int:
+    """Bytes of every tensor a layer summary keeps (its state, scores and reward statistics)."""
+    tensors = [summary.state, summary.score]
+    for reward in (summary.output, summary.spectral):
+        tensors += [v for v in vars(reward).values() if isinstance(v, torch.Tensor)] if reward else []
+    unique = {id(t): t for t in tensors if t is not None}
+    return sum(t.numel() * t.element_size() for t in unique.values())
+
+
 def test_weights_only_summaries_do_not_keep_matrices(tiny_models):
     from prunenet.planning import planner
 
@@ -86,7 +96,7 @@ def test_weights_only_summaries_do_not_keep_matrices(tiny_models):
 
     def spy(ffn, *args, **kwargs):
         summary = original(ffn, *args, **kwargs)
-        seen.append(summary.nbytes())
+        seen.append(_held_bytes(summary))
         return summary
 
     planner.summarize_layer = spy
@@ -98,26 +108,6 @@ def test_weights_only_summaries_do_not_keep_matrices(tiny_models):
     assert len(seen) == 3 and all(n <= m * (8 + 1) * 4 for n in seen), seen  # features + peak, never m x d
 
 
-@pytest.fixture(scope="module")
-def tiny_with_tokenizer(tmp_path_factory):
-    """A tiny llama with a word-level tokenizer of its vocabulary (self-text needs one)."""
-    import importlib.util
-    from pathlib import Path
-
-    from tiny_models import make_tiny_model
-
-    path = make_tiny_model("llama", tmp_path_factory.mktemp("tok") / "llama")
-    spec = importlib.util.spec_from_file_location(
-        "scale_checkpoints", Path(__file__).resolve().parents[1] / "examples" / "scale_checkpoints.py")
-    builder = importlib.util.module_from_spec(spec)
-    import sys
-
-    sys.modules[spec.name] = builder  # its dataclasses look their module up
-    spec.loader.exec_module(builder)
-    builder.write_tokenizer(TINY_CONFIGS["llama"][1]["vocab_size"], path)
-    return path
-
-
 def test_policy_reuse_reuses_the_saved_self_text(tiny_with_tokenizer, tmp_path, monkeypatch):
     runner = CliRunner()
     out = tmp_path / "a"
@@ -125,13 +115,19 @@ def test_policy_reuse_reuses_the_saved_self_text(tiny_with_tokenizer, tmp_path, 
             "--no-eval", "-q"]
     assert runner.invoke(main, [*args, "--ratio", "0.3", "--out", str(out)]).exit_code == 0
     assert (out / "prunenet-selftext.safetensors").is_file()
-    from prunenet.planning import planner, selfdata
+    from prunenet.planning import planner
 
-    planner._self_text.cache_clear()
-    monkeypatch.setattr(selfdata, "self_text_ids", lambda *a, **k: pytest.fail("self-text was generated again"))
+    monkeypatch.setattr(planner, "self_text_ids", lambda *a, **k: pytest.fail("self-text was generated again"))
     result = runner.invoke(main, [*args, "--ratio", "0.2", "--out", str(tmp_path / "b"),
                                   "--policy", str(out / "prunenet-policy.safetensors")])
     assert result.exit_code == 0, result.output
+    # the reused text gives the plan a fresh run at 0.2 would give (same seed, same generated text)
+    monkeypatch.undo()
+    fresh = runner.invoke(main, [*args, "--ratio", "0.2", "--out", str(tmp_path / "c")])
+    assert fresh.exit_code == 0, fresh.output
+    reused_plan = json.loads((tmp_path / "b" / "prunenet-plan.json").read_text())
+    fresh_plan = json.loads((tmp_path / "c" / "prunenet-plan.json").read_text())
+    assert [lp["kept"] for lp in reused_plan["layers"]] == [lp["kept"] for lp in fresh_plan["layers"]]
 
 
 def test_no_validate_skips_the_reload_check_and_its_memory(tiny_models, tmp_path, monkeypatch):
@@ -142,7 +138,7 @@ def test_no_validate_skips_the_reload_check_and_its_memory(tiny_models, tmp_path
     cfg = PruneConfig(ratio=0.3, self_data=0)
 
     def needs(validate: bool) -> dict[str, int]:
-        phases = estimate_phases(ckpt, cfg, evaluate=False, device=torch.device("cpu"), validate=validate)
+        phases = estimate_phases(ckpt, cfg, evaluate=False, compute=Compute.for_checkpoint("cpu", ckpt.path), validate=validate)
         return {p.name: p.need for p in phases}
 
     checked, unchecked = needs(True), needs(False)
@@ -165,11 +161,11 @@ def test_no_validate_skips_the_reload_check_and_its_memory(tiny_models, tmp_path
 def test_preflight_rejects_a_budget_too_small(tiny_models, tmp_path, monkeypatch):
     ckpt = Checkpoint(tiny_models["llama"])
     cfg = PruneConfig(ratio=0.3)
-    names = [p.name for p in estimate_phases(ckpt, cfg, evaluate=True, device=torch.device("cpu"))]
+    names = [p.name for p in estimate_phases(ckpt, cfg, evaluate=True, compute=Compute.for_checkpoint("cpu", ckpt.path))]
     assert names == ["self-text", "capture", "write", "eval"]
     monkeypatch.setenv("PRUNENET_MEMORY_BUDGET_GB", "0.5")
     with pytest.raises(MemoryError_, match="needs about .* GB, 0.5 GB available"):
-        check_memory(ckpt, cfg, evaluate=True, device=torch.device("cpu"))
+        check_memory(ckpt, cfg, evaluate=True, compute=Compute.for_checkpoint("cpu", ckpt.path))
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["export", "--model", str(tiny_models["llama"]), "--ratio", "0.3",
                                        "--out", str(out)])

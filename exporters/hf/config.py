@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from prunenet import __version__
 from prunenet.arch import MODELING_FILE, ArchSpec
 from prunenet.planning.plan import PruningPlan
+from prunenet.version import __version__
 
 __all__ = ["COMPAT_MODES", "rewrite_config", "needs_modeling_file"]
 

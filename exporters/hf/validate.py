@@ -20,6 +20,9 @@ from prunenet.errors import ExportValidationError
 from prunenet.healing.weights import HealedWeights
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_layer_plan_
+from prunenet.quantization.apply import fake_quantize_layer_
+from prunenet.quantization.checks import linear_shapes
+from prunenet.quantization.schemes import QuantSpec
 from prunenet.source.layerwise import LayerwiseModel
 
 __all__ = ["validate_hf_export"]
@@ -27,16 +30,19 @@ __all__ = ["validate_hf_export"]
 
 def validate_hf_export(source: Path, out: Path, plan: PruningPlan, *, dtype: torch.dtype | None = None,
                        device: str | torch.device = "cpu", seq_len: int = 16,
-                       healed: HealedWeights | None = None) -> float:
+                       healed: HealedWeights | None = None, quant: QuantSpec | None = None) -> float:
     """Max |logit difference| between the export and the pruned source; raises if too large.
 
     ``dtype``: the dtype the export was written in (the reference is rounded to it); both sides then
     compute in fp32, so the comparison is as tight as the family's ``ArchSpec.atol``. ``healed``: the
     healed tensors the export was written with (the reference takes them in place of the sliced ones).
+    ``quant``: the export's scheme; the reference's decoder linears are fake-quantized the same way and
+    the export is read through its own ``quantization_config`` by compressed-tensors' decompressor.
     """
     spec = get_arch_spec(plan.model_type)
     reference = LayerwiseModel(source, device=device, dtype=torch.float32, round_to=dtype)
     exported = LayerwiseModel(out, device=device, dtype=torch.float32)
+    linears = set(linear_shapes(reference.ckpt.shapes(), spec.layers_prefix))
     vocab = int(reference.config.vocab_size)
     ids = torch.randint(0, vocab, (2, seq_len), generator=torch.Generator().manual_seed(0))
 
@@ -44,6 +50,9 @@ def validate_hf_export(source: Path, out: Path, plan: PruningPlan, *, dtype: tor
         module = apply_layer_plan_(module, spec, plan.layers[i])
         if healed is not None:
             healed.assign_(module, f"{spec.layers_prefix}.{i}.", round_to=dtype)
+        if quant is not None:
+            fake_quantize_layer_(module, f"{spec.layers_prefix}.{i}.", linears, quant,
+                                 dtype or reference.ckpt.dtype)
         return module
 
     h_ref = reference.final_hidden([ids], edit=pruned)

@@ -8,6 +8,7 @@ tensors' shapes first, then each tensor is read, sliced (zero-padded in ``padded
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from exporters.hf.config import needs_modeling_file, rewrite_config
+from exporters.hf.quantized import StreamingQuantizer
 from exporters.hf.shards import TensorSpec, plan_shards, write_shard
 from exporters.hf.side_files import copy_side_files
 from prunenet.arch import MODELING_FILE, get_arch_spec
@@ -23,6 +25,8 @@ from prunenet.healing.weights import HealedWeights
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import layer_tensor_roles, pad_tensor, slice_tensor
 from prunenet.progress import track
+from prunenet.quantization.checks import linear_shapes
+from prunenet.quantization.schemes import QuantSpec
 from prunenet.source.checkpoint import Checkpoint
 
 __all__ = ["write_hf_checkpoint", "OutputWriteError"]
@@ -37,12 +41,13 @@ _TEMPLATE = Path(__file__).parent / "templates" / MODELING_FILE
 
 def write_hf_checkpoint(
     source: Path, plan: PruningPlan, out: Path, *, compat: str = "native", max_shard_bytes: int = 2 << 30,
-    dtype: torch.dtype | None = None, healed: HealedWeights | None = None,
+    dtype: torch.dtype | None = None, healed: HealedWeights | None = None, quant: QuantSpec | None = None,
 ) -> dict:
     """Write the pruned checkpoint into the (staging) directory ``out``; returns the new config.
 
     ``dtype`` casts every floating tensor (None keeps the source's); config.json records it. ``healed``
-    tensors are written instead of the sliced source tensors of the same names."""
+    tensors are written instead of the sliced source tensors of the same names. ``quant``: decoder
+    linears are written quantized (:mod:`exporters.hf.quantized`), config.json says how."""
     ckpt = Checkpoint(source)
     spec = get_arch_spec(ckpt.config.get("model_type"))
     out.mkdir(parents=True, exist_ok=True)
@@ -69,15 +74,25 @@ def write_hf_checkpoint(
     infos = ckpt.tensor_infos()
     names = [n for shard in ckpt.shards for n, s in ckpt.weight_map.items() if s == shard]
     specs = [_output_spec(name, *infos[name], transform) for name in names]
+    def produce(name: str) -> torch.Tensor:
+        return transform(name, ckpt.get(name))
+
+    if quant is not None:
+        quantizer = StreamingQuantizer(quant, set(linear_shapes(ckpt.shapes(), spec.layers_prefix)),
+                                       dtype or ckpt.dtype)
+        specs = [o for s in specs for o in quantizer.expand(s)]
+        produce = functools.partial(quantizer.produce, read=produce)
     shards = plan_shards(specs, max_shard_bytes)
     for i, shard in enumerate(track(shards, "Writing pruned weights", total=len(shards))):
         try:
-            write_shard(out / f".shard-{i}.safetensors", shard, lambda n: transform(n, ckpt.get(n)))
+            write_shard(out / f".shard-{i}.safetensors", shard, produce)
         except OSError as exc:  # ENOSPC, EFBIG (file-size limit), EIO
             raise OutputWriteError(f"cannot write weights to {out.parent} ({exc.strerror or exc}); "
                                    "free space and retry") from None
     _name_shards(out, [[t.name for t in s.tensors] for s in shards])
     config = rewrite_config(ckpt.config, spec, plan, compat)
+    if quant is not None:
+        config["quantization_config"] = quant.ct_config()
     if dtype is not None:
         name = str(dtype).removeprefix("torch.")
         config["dtype"] = name

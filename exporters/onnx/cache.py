@@ -43,7 +43,7 @@ def onnx_dir_for(hf_dir: Path, *, device: str = "cpu", validate: bool = True) ->
 
 def _fingerprint(hf_dir: Path, device: str) -> str:
     """Config, plan and weight files (name, size, mtime): a re-export or re-prune gets a new entry."""
-    from prunenet import __version__
+    from prunenet.version import __version__
 
     h = hashlib.sha256(f"{ONNX_CACHE_FORMAT}:{__version__}:{device}".encode())
     for name in ("config.json", "prunenet-plan.json"):

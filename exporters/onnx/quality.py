@@ -15,7 +15,7 @@ import numpy as np
 
 from exporters.onnx.decoders import OrtDecoder
 
-__all__ = ["evaluate_onnx_dir"]
+__all__ = ["evaluate_onnx_dir", "quality_report"]
 
 
 def evaluate_onnx_dir(onnx_dir: Path, source: Path, *, device: str = "cpu", max_tokens: int = 8192):
@@ -55,3 +55,8 @@ def evaluate_onnx_dir(onnx_dir: Path, source: Path, *, device: str = "cpu", max_
     meta = {"text": "reference (default slice)", "pruned": str(onnx_dir), "reference": str(source),
             "scored": "the ONNX graph's logits (ONNX Runtime)"}
     return totals.report(len(windows), max(w.numel() for w in windows), time.perf_counter() - start, meta)
+
+
+def quality_report(out: Path, source: Path, device: str) -> dict:
+    """The ONNX target's ``scorer`` (:class:`exporters.targets.Target`): the report as a dict."""
+    return evaluate_onnx_dir(Path(out), Path(source), device=device).to_dict()

@@ -20,7 +20,8 @@ from typing import Any
 
 from prunenet.errors import PruneNetError
 
-__all__ = ["QUANT_SCHEMES", "BLOCK_SIZES", "OnnxQuantError", "OnnxOptions", "check_request", "choose_block",
+__all__ = ["QUANT_SCHEMES", "BLOCK_SIZES", "OnnxQuantError", "OnnxOptions", "check_request", "check_target_quant",
+           "choose_block",
            "fake_quantize_", "matmul_ks"]
 
 QUANT_SCHEMES: dict[str, int | None] = {"none": None, "w4a16": 4, "w8a8": 8, "fp8": None}
@@ -95,6 +96,13 @@ def check_request(config: dict[str, Any], options: OnnxOptions, align: int, devi
         raise OnnxQuantError(f"--align {align} is not a multiple of the block size {block}: pruned FFN widths "
                              f"would not divide into blocks; use --align {block * max(1, align // block)}")
     return block
+
+
+def check_target_quant(config: dict[str, Any], scheme: str, group: int | None, align: int, device: str) -> None:
+    """The ONNX target's ``quant_check`` (:class:`exporters.targets.Target`): refuse before any work."""
+    from prunenet.device import resolve_device
+
+    check_request(config, OnnxOptions(quant=scheme, group=group), align, resolve_device(device).type)
 
 
 def fake_quantize_(model: Any, bits: int, block: int, *, head: bool) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from prunenet import __version__
+from prunenet.version import __version__
 
 from .common import OneLineErrorsGroup, run_cli
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
+from exporters.targets import DEFAULT_TARGET, TARGETS
+from prunenet.healing.config import HEAL_MODES, MODES
 from prunenet.planning.allocation import ALLOCATIONS
 from prunenet.planning.methods import METHODS
+from prunenet.quantization.schemes import QUANT_CHOICES
 
 from .common import emit_json, handle_errors, setup_output, verbosity_options
-
-TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in torch; kept light for --help
-
 
 
 @click.command("export", context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,8 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
               help="HF directory, .gguf file or cached hub id [default: SmolLM2-135M-Instruct].")
 @click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), required=True,
               help="Fraction of all FFN neurons to remove, in [0, 1).")
-@click.option("--target", type=click.Choice(TARGETS), default="hf", show_default=True)
+@click.option("--target", type=click.Choice(list(TARGETS)), default=DEFAULT_TARGET, show_default=True,
+              help="; ".join(f"{t.name}: {t.summary}" for t in TARGETS.values()) + ".")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--method", type=click.Choice(list(METHODS)), default="prunenet", show_default=True)
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default="sensitivity", show_default=True,
@@ -42,11 +43,6 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
 @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto",
               show_default=True,
               help="dtype of the written weights (auto: the source's; bfloat16 for a source dequantized from GGUF).")
-@click.option("--quant", type=click.Choice(["none", "w8a8", "w4a16", "fp8"]), default="none", show_default=True,
-              help="Weight quantization. onnx: w4a16 = 4-bit MatMulNBits, w8a8 = 8-bit MatMulNBits (fp8 refused).")
-@click.option("--quant-group", type=click.IntRange(min=1), default=None,
-              help="Quantization group (onnx: MatMulNBits block) size; must divide every matmul input width "
-                   "[default: automatic].")
 @click.option("--compat", type=click.Choice(["native", "padded"]), default="native", show_default=True,
               help="padded: zero-pad every layer to the widest (stock architecture).")
 @click.option("--heal/--no-heal", default=False, show_default=True,
@@ -58,9 +54,15 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
 @click.option("--heal-lr", type=click.FloatRange(min=0, min_open=True), default=4e-4, show_default=True)
 @click.option("--heal-batch", type=click.IntRange(min=1), default=4, show_default=True,
               help="Self-text sequences per healing step.")
-@click.option("--heal-mode", type=click.Choice(["auto", "end-to-end", "block"]), default="auto", show_default=True,
-              help="end-to-end distils logits (needs the pruned model and its optimizer state on the device); "
-                   "block heals one decoder block at a time; auto picks end-to-end when it fits.")
+@click.option("--heal-mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="; ".join(f"{m.name} {m.summary}" for m in HEAL_MODES.values())
+                   + f"; auto picks the first that fits ({', '.join(HEAL_MODES)}).")
+@click.option("--quant", type=click.Choice(QUANT_CHOICES), default="none", show_default=True,
+              help="Quantize every decoder linear after pruning (data-free; compressed-tensors format; "
+                   "onnx: 8/4-bit MatMulNBits, fp8 refused).")
+@click.option("--quant-group", type=click.IntRange(min=2), default=None,
+              help="Group size of w4a16 scales [default: the largest of 128/64/32 dividing every K per rank; "
+                   "onnx: the MatMulNBits block, 32].")
 @click.option("--no-eval", is_flag=True, help="Skip the quality report.")
 @click.option("--no-validate", is_flag=True,
               help="Skip the export's self-check: reloading it and comparing logits with the pruned source "
@@ -71,7 +73,7 @@ TARGETS = ("hf", "vllm", "onnx")  # exporters.EXPORTERS, whose import pulls in t
 @verbosity_options
 @handle_errors
 def command(model, ratio, target, out, method, allocation, align, tp, episodes, lr, seed, device, policy,
-            plan_file, self_data, dtype, quant, quant_group, compat, heal, heal_tokens, heal_steps, heal_lr, heal_batch, heal_mode, no_eval,
+            plan_file, self_data, dtype, compat, heal, heal_tokens, heal_steps, heal_lr, heal_batch, heal_mode, quant, quant_group, no_eval,
             no_validate, force, as_json, quiet, verbose) -> None:
     """Prune FFN neurons with PruneNet (no calibration data) and export the model.
 
@@ -82,18 +84,14 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
       prunenet-export --ratio 0.3 --heal --heal-tokens 12288 --heal-steps 100 --out out-healed
     """
     setup_output(quiet, verbose, as_json)
-    from prunenet.healing.config import HealConfig
-    from prunenet.jobs.export_job import ExportRequest, run_export
-    from prunenet.planning.planner import PruneConfig
+    from prunenet.jobs.api import export
 
-    cfg = PruneConfig(ratio=ratio, method=method, allocation=allocation, align=align, tp=tuple(tp),
-                      episodes=episodes, lr=lr, seed=seed, device=device, policy=policy, self_data=self_data)
-    request = ExportRequest(model=model, out=out, target=target, compat=compat, evaluate=not no_eval, force=force,
-                            validate=not no_validate, plan=plan_file, dtype=dtype, quant=quant,
-                            quant_group=quant_group,
-                            heal=HealConfig(tokens=heal_tokens, steps=heal_steps, lr=heal_lr, batch=heal_batch,
-                                            mode=heal_mode, seed=seed) if heal else None)
-    result = run_export(request, cfg)
+    result = export(model, ratio=ratio, target=target, out=out, heal=heal, evaluate=not no_eval,
+                    validate=not no_validate, force=force, compat=compat, dtype=dtype, plan=plan_file,
+                    method=method, allocation=allocation, align=align, tp=tp, episodes=episodes, lr=lr, seed=seed,
+                    device=device, policy=policy, self_data=self_data, heal_tokens=heal_tokens,
+                    heal_steps=heal_steps, heal_lr=heal_lr, heal_batch=heal_batch, heal_mode=heal_mode,
+                    quant=quant, quant_group=quant_group)
     if as_json:
         emit_json(result)
     elif not quiet:
@@ -129,8 +127,11 @@ def _report(result: dict) -> None:
                if h.get("reference_after") else "")
         console.print(f"healed ({h['mode']}, {h['steps']} steps, {h['seconds']:.0f} s): held-out self-text KL "
                       f"{h['held_out_before']['kl']:.4f} -> {h['held_out_after']['kl']:.4f}{ref}")
-    if result["export"].get("vllm"):
-        console.print(f"vLLM resolves the directory to {result['export']['vllm']} (serve: prunenet serve {result['out']})")
+    target = TARGETS[result["target"]]
+    if target.post_check and result["export"].get(target.post_check):
+        console.print(f"{target.post_check} resolves the directory to {result['export'][target.post_check]}")
+    if target.next_step:
+        console.print(target.next_step.format(out=result["out"]))
     if result.get("phases"):
         console.print("phases: " + ", ".join(f"{p['name']} {p['seconds']:.1f} s / {p['peak_rss_mb'] / 1024:.1f} GB"
                                              for p in result["phases"]), style="dim")

@@ -61,9 +61,8 @@ def evaluate_dirs(pruned_dir: str | Path, reference_dir: str | Path | None = Non
     ``seq_len`` defaults to :data:`DEFAULT_SEQ_LEN`, or the model's context if that is shorter.
     Both models are streamed layer by layer on ``device`` (:func:`compare_streaming`).
     """
-    from prunenet.device import resolve_device
+    from prunenet.compute import Compute
     from prunenet.evaluation.streaming import compare_streaming
-    from prunenet.source.checkpoint import Checkpoint
     from prunenet.source.loaders import load_causal_lm, load_tokenizer
     from prunenet.source.resolve import check_model_dir
     from prunenet.texts import reference_text, self_generated_text
@@ -73,10 +72,10 @@ def evaluate_dirs(pruned_dir: str | Path, reference_dir: str | Path | None = Non
         raise ModelSourceError(f"{pruned_dir}: no such directory")
     check_model_dir(pruned_dir)
     ref_dir = _resolve_reference(pruned_dir, reference_dir)
-    dev = resolve_device(device)
+    compute = Compute.for_checkpoint(device, ref_dir)
     tokenizer = load_tokenizer(pruned_dir, ref_dir)
     if self_generated:
-        dense = load_causal_lm(ref_dir, dtype=Checkpoint(ref_dir).dtype, device=dev)
+        dense = load_causal_lm(ref_dir, dtype=compute.generate, device=compute.device)
         with status("Sampling self-generated text from the dense model"):
             text, text_name = self_generated_text(dense, tokenizer), "self-generated (8 x 200 tokens, seed 0)"
         del dense
@@ -89,4 +88,4 @@ def evaluate_dirs(pruned_dir: str | Path, reference_dir: str | Path | None = Non
     plan = _plan(pruned_dir)
     if plan is not None:
         meta["widths"] = plan.widths
-    return compare_streaming(ref_dir, pruned_dir, windows, device=dev, meta=meta)
+    return compare_streaming(ref_dir, pruned_dir, windows, compute=compute, meta=meta)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,24 +19,29 @@ from prunenet.evaluation.reference import check_inputs
 from prunenet.evaluation.report import EvalInputError, QualityReport, Totals
 from prunenet.evaluation.scoring import dense_window, score_window
 
-__all__ = ["compare_streaming"]
+if TYPE_CHECKING:
+    from prunenet.compute import Compute
+
+__all__ = ["compare_streaming", "report_bytes", "EVAL_TOKENS"]
+
+EVAL_TOKENS = 1536
+"""Tokens of the default quality-report text (the bundled text's default slice is ~1.45k)."""
 
 
 def compare_streaming(dense_dir: Path, pruned_dir: Path, windows: list[torch.Tensor], *,
-                      device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                      meta: dict[str, Any] | None = None) -> QualityReport:
+                      compute: Compute | None = None, meta: dict[str, Any] | None = None,
+                      pruned_edit=None) -> QualityReport:
     """Score ``pruned_dir`` against ``dense_dir`` on ``windows``, streaming both checkpoints.
 
-    ``dtype``: compute dtype of both models (default: :func:`~prunenet.device.layer_dtype` of the dense
-    checkpoint: fp32 on the CPU, the checkpoint's own on a GPU).
+    Both models compute on ``compute.device`` in ``compute.layer`` (default: the CPU, in the one-layer
+    dtype of the dense checkpoint). ``pruned_edit(index, layer)`` changes each of the pruned side's layers
+    before it runs (score a plan on the source itself, without writing it).
     """
-    from prunenet.device import layer_dtype
-    from prunenet.source.checkpoint import Checkpoint
+    from prunenet.compute import Compute
     from prunenet.source.layerwise import LayerwiseModel
 
-    device = torch.device(device)
-    if dtype is None:
-        dtype = layer_dtype(Checkpoint(dense_dir).dtype, device)
+    compute = compute or Compute.for_checkpoint("cpu", dense_dir)
+    device, dtype = compute.device, compute.layer
     dense = LayerwiseModel(dense_dir, device=device, dtype=dtype)
     pruned = LayerwiseModel(pruned_dir, device=device, dtype=dtype)
     check_inputs(windows, dense.model, pruned.model)
@@ -45,9 +50,19 @@ def compare_streaming(dense_dir: Path, pruned_dir: Path, windows: list[torch.Ten
     start = time.perf_counter()
     rows = [w.reshape(1, -1) for w in windows]
     h_dense = dense.final_hidden(rows, label="Scoring the dense model, layer by layer")
-    h_pruned = pruned.final_hidden(rows, label="Scoring the pruned model, layer by layer")
+    h_pruned = pruned.final_hidden(rows, label="Scoring the pruned model, layer by layer", edit=pruned_edit)
     totals = Totals()
     for row, hd, hp in zip(rows, h_dense, h_pruned, strict=True):
         entry = dense_window(dense.logits(row, hd)[0].float().cpu(), row[0], torch.float32)
         totals.add(entry, score_window(entry, pruned.logits(row, hp)[0].float().cpu()))
     return totals.report(len(windows), max(w.numel() for w in windows), time.perf_counter() - start, meta or {})
+
+
+def report_bytes(ckpt, spec, sizes, d: int, vocab: int, layer_bytes: int) -> int:
+    """Peak bytes of :func:`compare_streaming` on the default text: both models streamed (two embeddings
+    and heads, one layer), both models' hidden states of the text, and one window's logits."""
+    from prunenet.memory import two_streams
+
+    hidden = 2 * EVAL_TOKENS * d * layer_bytes * 3
+    logits = 512 * vocab * 4 * 4
+    return two_streams(ckpt, spec, sizes) + hidden + logits

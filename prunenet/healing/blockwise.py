@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from prunenet.device import heal_source_dtype, layer_dtype
+from prunenet.compute import Compute
 from prunenet.healing.config import HealConfig
 from prunenet.healing.data import HealingText
 from prunenet.healing.loop import autocast, fit
@@ -27,28 +28,79 @@ from prunenet.healing.weights import HealedWeights, ffn_parameters
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_layer_plan_
 from prunenet.progress import status, track
-from prunenet.source.checkpoint import Checkpoint
 from prunenet.source.layerwise import LayerwiseModel
 
 __all__ = ["heal_blockwise"]
 
 
+@dataclass
+class _BlockFit:
+    """One pruned block trained to reproduce its dense block's outputs on the training rows, fed the
+    already healed stream (so it also learns to absorb the earlier blocks' remaining error)."""
+
+    lm: LayerwiseModel
+    block: torch.nn.Module
+    layer: int
+    inputs: list[torch.Tensor]
+    """The healed stream's hidden states entering this block, one per row."""
+    targets: list[torch.Tensor]
+    """The dense block's outputs, one per row."""
+    kwargs: list
+    held_out: range
+    """Row indices held out for early stopping."""
+
+    def out(self, r: int) -> torch.Tensor:
+        return self.lm.run_layer(self.block, self.inputs[r], self.kwargs[r][self.layer]).float()
+
+    def batch_loss(self, idx: list[int]) -> torch.Tensor:
+        return sum(torch.nn.functional.mse_loss(self.out(r), self.targets[r].float()) for r in idx) / len(idx)
+
+    def held_loss(self) -> float:
+        with torch.no_grad():
+            return sum(float(torch.nn.functional.mse_loss(self.out(r), self.targets[r].float()))
+                       for r in self.held_out) / len(self.held_out)
+
+
+def _trainable(block: torch.nn.Module, spec, prefix: str) -> tuple[dict[str, torch.nn.Parameter], dict]:
+    """The block's FFN tensors as fp32 master weights (the rest frozen), and their original dtypes."""
+    params = ffn_parameters(block, spec, prefix)
+    originals = {n: p.dtype for n, p in params.items()}
+    for p in block.parameters():
+        p.requires_grad_(False)
+    for p in params.values():
+        p.data = p.data.float()  # fp32 master weights whatever the compute dtype
+        p.requires_grad_(True)
+    return params, originals
+
+
+def _heal_block(run: _BlockFit, params: dict, originals: dict, cfg: HealConfig, n_train: int,
+                generator: torch.Generator) -> dict:
+    """Fit one block; returns its history entry. The weights go back to their dtype, frozen."""
+    with autocast(run.lm.device, run.lm.dtype):
+        result = fit(list(params.values()), run.batch_loss, run.held_loss, n_train, cfg,
+                     f"Healing block {run.layer}", generator)
+    for name, p in params.items():
+        p.requires_grad_(False)
+        p.data = p.data.to(originals[name])
+    return {"layer": run.layer, "steps": result.steps, "held_out_before": result.initial,
+            "held_out_after": result.best, "held_out_worst": max(h["held_out"] for h in result.history)}
+
+
 def heal_blockwise(source: Path, plan: PruningPlan, text: HealingText, cfg: HealConfig, *,
-                   device: torch.device, weights: HealedWeights,
+                   compute: Compute, weights: HealedWeights,
                    reference: list[torch.Tensor] | None = None) -> HealOutcome:
     """Heal ``plan``'s pruned blocks one at a time; same inputs, outputs and record as end-to-end mode."""
     start = time.perf_counter()
     reference = reference or []
     n_train, n_held = len(text.train), len(text.held_out)
     rows = text.train + text.held_out + reference
-    lm = LayerwiseModel(source, device=device,
-                        dtype=layer_dtype(heal_source_dtype(Checkpoint(source).dtype, device), device))
+    lm = LayerwiseModel(source, device=compute.device, dtype=compute.heal_layer)
     with status("Preparing the block-by-block pass"):
         dense, kwargs = lm.prepare(rows)
     healed = list(dense)
     unhealed = list(dense[n_train:])  # held-out and reference rows only
     g = torch.Generator().manual_seed(cfg.seed)
-    steps = n_tensors = 0
+    n_tensors = 0
     history: list[dict] = []
     for i in track(range(lm.num_layers), "Healing block by block", total=lm.num_layers):
         lp = plan.layers[i]
@@ -61,49 +113,24 @@ def heal_blockwise(source: Path, plan: PruningPlan, text: HealingText, cfg: Heal
                 continue
             block = apply_layer_plan_(copy.deepcopy(module), lm.spec, lp)
         unhealed = lm.forward_layer(block, i, unhealed, kwargs[n_train:])
-        prefix = f"{lm.spec.layers_prefix}.{i}."
-        params = ffn_parameters(block, lm.spec, prefix)
-        originals = {n: p.dtype for n, p in params.items()}
-        for p in block.parameters():
-            p.requires_grad_(False)
-        for p in params.values():
-            p.data = p.data.float()  # fp32 master weights whatever the compute dtype
-            p.requires_grad_(True)
-
-        def out(r: int, block=block, i=i, healed=healed) -> torch.Tensor:
-            return lm.run_layer(block, healed[r], kwargs[r][i]).float()
-
-        def batch_loss(idx: list[int], out=out, targets=targets) -> torch.Tensor:
-            return sum(torch.nn.functional.mse_loss(out(r), targets[r].float()) for r in idx) / len(idx)
-
-        def held_loss(out=out, targets=targets) -> float:
-            with torch.no_grad():
-                return sum(float(torch.nn.functional.mse_loss(out(r), targets[r].float()))
-                           for r in range(n_train, n_train + n_held)) / n_held
-
-        with autocast(device, lm.dtype):
-            result = fit(list(params.values()), batch_loss, held_loss, n_train, cfg, f"Healing block {i}", g)
-        steps += result.steps
-        history.append({"layer": i, "steps": result.steps, "held_out_before": result.initial,
-                        "held_out_after": result.best})
-        for name, p in params.items():
-            p.requires_grad_(False)
-            p.data = p.data.to(originals[name])
+        params, originals = _trainable(block, lm.spec, f"{lm.spec.layers_prefix}.{i}.")
+        run = _BlockFit(lm, block, i, healed, targets, kwargs, range(n_train, n_train + n_held))
+        history.append(_heal_block(run, params, originals, cfg, n_train, g))
         healed = lm.forward_layer(block, i, healed, kwargs)
         weights.save_layer(i, params)
         n_tensors += len(params)
         dense = targets
-        del block, params
+        del block, params, run
 
     def quality(sub: list[torch.Tensor], at: int, stream: list[torch.Tensor], base: int) -> dict:
         return row_quality(sub, lambda r: lm.logits(rows[at + r], dense[at + r]),
                            lambda r: lm.logits(rows[at + r], stream[at - base + r]))
 
-    outcome = HealOutcome(
+    return HealOutcome(
         "block", text.tokens,
         held_out_before=quality(text.held_out, n_train, unhealed, n_train),
         held_out_after=quality(text.held_out, n_train, healed, 0),
         reference_before=quality(reference, n_train + n_held, unhealed, n_train) if reference else None,
         reference_after=quality(reference, n_train + n_held, healed, 0) if reference else None,
-        steps=steps, healed_tensors=n_tensors, seconds=time.perf_counter() - start, history=history)
-    return outcome
+        steps=sum(h["steps"] for h in history), healed_tensors=n_tensors, seconds=time.perf_counter() - start,
+        history=history)

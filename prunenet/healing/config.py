@@ -6,12 +6,33 @@ from dataclasses import asdict, dataclass
 
 from prunenet.errors import PruneNetError
 
-__all__ = ["HealConfig", "MODES"]
+__all__ = ["HealConfig", "HealMode", "HEAL_MODES", "MODES"]
 
-MODES = ("auto", "end-to-end", "block")
-"""``end-to-end``: distil the whole pruned model's logits (it and its optimizer state must fit the device);
-``block``: one decoder block at a time against the dense block (one block resident); ``auto`` picks
-end-to-end when it fits."""
+
+@dataclass(frozen=True)
+class HealMode:
+    name: str
+    summary: str
+    """One line for ``--help`` and the docs."""
+    runner: str
+    """``"module:function"`` with the signature of :func:`~prunenet.healing.end_to_end.heal_end_to_end`."""
+
+    def run(self):
+        import importlib
+
+        module, _, name = self.runner.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+HEAL_MODES: dict[str, HealMode] = {m.name: m for m in (
+    HealMode("end-to-end", "distils the whole pruned model's logits (it and its optimizer state must fit the device)",
+             "prunenet.healing.end_to_end:heal_end_to_end"),
+    HealMode("block", "heals one decoder block at a time against the dense block (one block resident)",
+             "prunenet.healing.blockwise:heal_blockwise"),
+)}
+"""In order of preference: ``auto`` takes the first whose memory estimate fits the device, else the last."""
+
+MODES = ("auto", *HEAL_MODES)
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from prunenet.device import heal_source_dtype, layer_dtype
+from prunenet.compute import Compute
 from prunenet.healing.config import HealConfig
 from prunenet.healing.data import HealingText
 from prunenet.healing.loop import autocast, fit
@@ -26,7 +27,6 @@ from prunenet.healing.weights import HealedWeights, ffn_parameters
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_plan_
 from prunenet.progress import status
-from prunenet.source.checkpoint import Checkpoint
 from prunenet.source.layerwise import LayerwiseModel
 
 __all__ = ["heal_end_to_end"]
@@ -34,32 +34,40 @@ __all__ = ["heal_end_to_end"]
 log = logging.getLogger(__name__)
 
 
-def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: HealConfig, *,
-                    device: torch.device, weights: HealedWeights,
-                    reference: list[torch.Tensor] | None = None) -> HealOutcome:
-    """Heal the pruned model of ``plan`` in memory and store its healed FFN tensors in ``weights``."""
-    from prunenet.source.loaders import load_causal_lm
+@dataclass
+class _Teacher:
+    """The dense side, recorded in one layer-by-layer pass: top-k targets of the training rows and the
+    final hidden states of the held-out and reference rows (replayed through the head when measured)."""
 
-    start = time.perf_counter()
-    reference = reference or []
-    rows = text.train + text.held_out + reference
-    teacher = LayerwiseModel(source, device=device,
-                             dtype=layer_dtype(heal_source_dtype(Checkpoint(source).dtype, device), device))
-    finals = teacher.final_hidden(rows, label="Dense pass over the healing text")  # one layer resident
-    held_h = finals[len(text.train): len(text.train) + len(text.held_out)]
-    ref_h = finals[len(text.train) + len(text.held_out):]
+    model: LayerwiseModel
+    targets: list[TeacherTargets]
+    held: list[torch.Tensor]
+    ref: list[torch.Tensor]
+
+    def logits(self, ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(ids, hidden).float()
+
+
+def _record_teacher(source: Path, text: HealingText, reference: list[torch.Tensor], compute: Compute) -> _Teacher:
+    model = LayerwiseModel(source, device=compute.device, dtype=compute.heal_layer)
+    n_train, n_held = len(text.train), len(text.held_out)
+    finals = model.final_hidden(text.train + text.held_out + reference, label="Dense pass over the healing text")
     with status("Recording the dense model's next-token distributions"):
-        targets = [TeacherTargets.from_logits(teacher.logits(r, h))
-                   for r, h in zip(text.train, finals[: len(text.train)], strict=True)]
-    del finals[: len(text.train)]  # the training rows' hidden states are not needed again
+        targets = [TeacherTargets.from_logits(model.logits(r, h))
+                   for r, h in zip(text.train, finals[:n_train], strict=True)]
     log.info("healing targets: the dense top-%d tokens hold %.1f%% of the mass", targets[0].logp.shape[1],
              100 * TeacherTargets.cat(targets).mass)
+    return _Teacher(model, targets, finals[n_train: n_train + n_held], finals[n_train + n_held:])
+
+
+def _load_student(source: Path, plan: PruningPlan, compute: Compute, spec) -> tuple[torch.nn.Module, dict]:
+    """The pruned model in fp32, frozen but for the FFN tensors of the layers the plan pruned."""
+    from prunenet.source.loaders import load_causal_lm
 
     with status("Loading the pruned model for healing"):
-        student = apply_plan_(load_causal_lm(source, dtype=torch.float32, device=device), plan).eval()
+        student = apply_plan_(load_causal_lm(source, dtype=torch.float32, device=compute.device), plan).eval()
     for p in student.parameters():
         p.requires_grad_(False)
-    spec = teacher.spec
     layers = student.get_submodule(spec.layers_prefix)
     trained: dict[str, torch.nn.Parameter] = {}
     for i, lp in enumerate(plan.layers):
@@ -67,41 +75,59 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
             trained.update(ffn_parameters(layers[i], spec, f"{spec.layers_prefix}.{i}."))
     for p in trained.values():
         p.requires_grad_(True)
+    return student, trained
 
-    def teacher_logits(ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        return teacher.logits(ids, hidden).float()
 
-    def student_logits(ids: torch.Tensor) -> torch.Tensor:
-        return student(input_ids=ids.to(device), use_cache=False).logits
+@dataclass
+class _Distillation:
+    """Student against teacher: the training loss on a batch of rows and the quality of a row set."""
 
-    def quality(rows_: list[torch.Tensor], hidden: list[torch.Tensor]) -> dict:
-        return row_quality(rows_, lambda i: teacher_logits(rows_[i], hidden[i]), lambda i: student_logits(rows_[i]))
+    teacher: _Teacher
+    student: torch.nn.Module
+    train_rows: list[torch.Tensor]
+    device: torch.device
+    report_seconds: float = 0.0
+    """Time spent measuring the reference text (reported, never used for stopping)."""
 
-    def batch_loss(idx: list[int]) -> torch.Tensor:
-        ids = torch.cat([text.train[i] for i in idx])
-        return sparse_kl_loss(TeacherTargets.cat([targets[i] for i in idx]), student_logits(ids))
+    def student_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.student(input_ids=ids.to(self.device), use_cache=False).logits
 
-    def reported(rows_: list[torch.Tensor], hidden: list[torch.Tensor]) -> dict | None:
-        """Quality on the reference text: the report's share of healing (never used for stopping)."""
-        nonlocal report_s
-        t = time.perf_counter()
-        out = quality(rows_, hidden) if rows_ else None
-        report_s += time.perf_counter() - t
+    def batch_loss(self, idx: list[int]) -> torch.Tensor:
+        ids = torch.cat([self.train_rows[i] for i in idx])
+        return sparse_kl_loss(TeacherTargets.cat([self.teacher.targets[i] for i in idx]), self.student_logits(ids))
+
+    def quality(self, rows: list[torch.Tensor], hidden: list[torch.Tensor]) -> dict:
+        return row_quality(rows, lambda i: self.teacher.logits(rows[i], hidden[i]),
+                           lambda i: self.student_logits(rows[i]))
+
+    def reference(self, rows: list[torch.Tensor]) -> dict | None:
+        start = time.perf_counter()
+        out = self.quality(rows, self.teacher.ref) if rows else None
+        self.report_seconds += time.perf_counter() - start
         return out
 
-    report_s = 0.0
-    with autocast(device, teacher.dtype):  # before, during and after alike, so they compare
-        held_before = quality(text.held_out, held_h)
-        ref_before = reported(reference, ref_h)
-        result = fit(list(trained.values()), batch_loss, lambda: quality(text.held_out, held_h)["kl"],
+
+def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: HealConfig, *,
+                    compute: Compute, weights: HealedWeights,
+                    reference: list[torch.Tensor] | None = None) -> HealOutcome:
+    """Heal the pruned model of ``plan`` in memory and store its healed FFN tensors in ``weights``."""
+    start = time.perf_counter()
+    reference = reference or []
+    teacher = _record_teacher(source, text, reference, compute)
+    spec = teacher.model.spec
+    student, trained = _load_student(source, plan, compute, spec)
+    run = _Distillation(teacher, student, text.train, compute.device)
+    held = (text.held_out, teacher.held)
+    with autocast(compute.device, teacher.model.dtype):  # before, during and after alike, so they compare
+        held_before, ref_before = run.quality(*held), run.reference(reference)
+        result = fit(list(trained.values()), run.batch_loss, lambda: run.quality(*held)["kl"],
                      len(text.train), cfg, "Healing (end to end)", torch.Generator().manual_seed(cfg.seed),
                      initial=held_before["kl"])
         for p in trained.values():
             p.requires_grad_(False)
-        held_after = quality(text.held_out, held_h)
-        ref_after = reported(reference, ref_h)
+        held_after, ref_after = run.quality(*held), run.reference(reference)
     if reference:
-        log.info("healing: %.0f s measuring the reference text before and after", report_s)
+        log.info("healing: %.0f s measuring the reference text before and after", run.report_seconds)
     for i in range(len(plan.layers)):
         prefix = f"{spec.layers_prefix}.{i}."
         weights.save_layer(i, {n: p for n, p in trained.items() if n.startswith(prefix)})

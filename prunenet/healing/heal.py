@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from prunenet.device import heal_source_dtype, model_dtype
+from prunenet.compute import Compute
 from prunenet.errors import PruneNetError
-from prunenet.healing.config import HealConfig
+from prunenet.healing.config import HEAL_MODES, HealConfig
 from prunenet.healing.data import HealingText, healing_text
 from prunenet.healing.outcome import HealOutcome
 from prunenet.healing.weights import HealedWeights
@@ -45,19 +45,23 @@ class HealResult:
         return {"settings": self.config.to_dict(), **o}
 
 
-def choose_mode(ckpt: Checkpoint, plan: PruningPlan, cfg: HealConfig, device: torch.device) -> str:
-    """``cfg.mode``, with ``auto`` resolved: end-to-end when its estimate fits the device, else block."""
+def choose_mode(ckpt: Checkpoint, plan: PruningPlan, cfg: HealConfig, compute: Compute) -> str:
+    """``cfg.mode``, with ``auto`` resolved: the first of :data:`HEAL_MODES` whose estimate fits the device,
+    else the last (the one that keeps least resident)."""
     from prunenet.device import available_bytes
-    from prunenet.preflight import RUNTIME_BYTES, healing_bytes
+    from prunenet.healing.memory import healing_bytes
+    from prunenet.preflight import RUNTIME_BYTES
 
     if cfg.mode != "auto":
         return cfg.mode
     kept = sum(plan.widths) / max(sum(plan.original_widths), 1)
-    need = healing_bytes(ckpt, cfg, device, kept)["end-to-end"] + (RUNTIME_BYTES if device.type == "cpu" else 0)
-    return "end-to-end" if need <= available_bytes(device) else "block"
+    need = healing_bytes(ckpt, cfg, compute, kept)
+    runtime = RUNTIME_BYTES if compute.device.type == "cpu" else 0
+    free = available_bytes(compute.device)
+    return next((m for m in HEAL_MODES if need[m] + runtime <= free), list(HEAL_MODES)[-1])
 
 
-def heal_plan(source: Path, plan: PruningPlan, cfg: HealConfig, *, device: torch.device, workdir: Path,
+def heal_plan(source: Path, plan: PruningPlan, cfg: HealConfig, *, compute: Compute, workdir: Path,
               reference: list[torch.Tensor] | None = None, phases: PhaseLog | None = None,
               text: HealingText | None = None) -> HealResult:
     """Heal the pruned model of ``plan``; its healed tensors go to ``workdir`` (inside the staged output).
@@ -65,21 +69,18 @@ def heal_plan(source: Path, plan: PruningPlan, cfg: HealConfig, *, device: torch
     ``reference``: id rows to report before/after quality on (the evaluation text); never trained on.
     ``text``: healing's self-text when it was saved before (:func:`~prunenet.healing.data.load_healing_text`).
     """
-    from prunenet.healing.blockwise import heal_blockwise
-    from prunenet.healing.end_to_end import heal_end_to_end
-
     phases = phases or PhaseLog()
     ckpt = Checkpoint(source)
-    if all(lp.width == lp.original_width for lp in plan.layers):
+    if plan.is_identity:
         raise PruneNetError("--heal: the plan prunes nothing, so there is nothing to heal")
-    mode = choose_mode(ckpt, plan, cfg, device)
+    mode = choose_mode(ckpt, plan, cfg, compute)
     if text is None:
-        with phases.phase("heal-text", device):
-            text = healing_text(source, cfg, device, model_dtype(heal_source_dtype(ckpt.dtype, device), device))
+        with phases.phase("heal-text", compute.device):
+            text = healing_text(source, cfg, compute.device, compute.heal_generate)
     weights = HealedWeights(workdir)
-    run = heal_end_to_end if mode == "end-to-end" else heal_blockwise
-    with phases.phase("heal", device):
-        outcome = run(source, plan, text, cfg, device=device, weights=weights, reference=reference)
+    with phases.phase("heal", compute.device):
+        outcome = HEAL_MODES[mode].run()(source, plan, text, cfg, compute=compute, weights=weights,
+                                         reference=reference)
     log.info("healed %d tensors (%s): held-out self-text KL %.4f -> %.4f", outcome.healed_tensors, mode,
              outcome.held_out_before["kl"], outcome.held_out_after["kl"])
     return HealResult(outcome, weights, cfg, text)

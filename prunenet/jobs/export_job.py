@@ -1,7 +1,9 @@
-"""The export job: source -> plan -> staged output -> checks -> atomic commit.
+"""The export job: source -> plan -> (heal) -> staged output -> checks -> atomic commit.
 
 This is the one place that joins the three packages (``prunenet`` makes the plan, ``exporters``
-writes it, ``serving`` checks the result), so the algorithm never imports an exporter.
+writes it, ``serving`` checks the result), so the algorithm never imports an exporter. What a
+target needs (a quality report, a consumer check, a finaliser) is read from its
+:class:`~exporters.targets.Target` entry; the job never compares target names.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ExportRequest", "run_export"]
+from exporters.targets import DEFAULT_TARGET
+
+__all__ = ["ExportRequest", "run_export", "POST_CHECKS"]
 
 log = logging.getLogger("prunenet")
 
@@ -21,7 +25,7 @@ log = logging.getLogger("prunenet")
 class ExportRequest:
     model: str | None
     out: Path
-    target: str = "hf"
+    target: str = DEFAULT_TARGET
     compat: str = "native"
     evaluate: bool = True
     force: bool = False
@@ -33,98 +37,128 @@ class ExportRequest:
     heal: Any = None
     """A :class:`~prunenet.healing.config.HealConfig` to heal the pruned model with; None: no healing."""
     quant: str = "none"
-    """--quant: none, w8a8, w4a16, fp8 (onnx: MatMulNBits 8/4-bit weights; fp8 refused)."""
+    """Weight quantization scheme applied after pruning and healing (:data:`prunenet.quantization.schemes.SCHEMES`)."""
     quant_group: int | None = None
+    """Group size of a grouped scheme; None: the largest of 128/64/32 dividing every K per rank."""
 
 
 def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
-    """Prune ``req.model`` by ``cfg`` and write ``req.out`` for ``req.target``; returns a report."""
-    from exporters import EXPORTERS, ExportConfig
-    from exporters.model_card import load_hint, write_model_card
+    """Prune ``req.model`` by ``cfg`` (a :class:`~prunenet.planning.config.PruneConfig`) and write
+    ``req.out`` for ``req.target``; returns the report :func:`prunenet.export` documents."""
     from exporters.staging import check_output_dir, staged_output
-    from prunenet.device import resolve_device
+    from exporters.targets import get_target
+    from prunenet.compute import Compute
     from prunenet.phases import PhaseLog
-    from prunenet.planning.planner import make_plan
-    from prunenet.planning.selftext_cache import SELF_TEXT_FILE, save_self_text, self_text_key
     from prunenet.planning.stats import parameter_stats
-    from prunenet.policy.network import POLICY_FILE, save_policy
     from prunenet.preflight import check_memory
+    from prunenet.quantization.request import plan_with_quant, prepare_quant
     from prunenet.source.checkpoint import Checkpoint
     from prunenet.source.resolve import resolve_model
 
-    _check_quant_flags(req)
+    target = get_target(req.target)
     source = resolve_model(req.model)
     check_output_dir(req.out, force=req.force, source=source.path)  # fail before any training
-    if req.target == "onnx":
-        from exporters.onnx.quant import OnnxOptions, check_request
-
-        check_request(Checkpoint(source.path).config, OnnxOptions(req.quant, req.quant_group), cfg.align,
-                      str(resolve_device(cfg.device)))
-    device = resolve_device(cfg.device)
+    if target.quant_check is not None:  # the target quantizes in its own format: its own rules, checked now
+        target.check_quant()(Checkpoint(source.path).config, req.quant, req.quant_group, cfg.align,
+                                     cfg.device)
+        quant = None
+    else:
+        quant, align = prepare_quant(source.path, req.quant, req.quant_group, cfg.tp, cfg.align)
+        cfg = replace(cfg, align=align)  # widths the scheme's kernels accept
+    compute = Compute.for_checkpoint(cfg.device, source.path)
+    scored = req.evaluate and target.quality_report
     # before any long step: refuse what cannot fit, write nothing
-    check_memory(Checkpoint(source.path), cfg, evaluate=req.evaluate, device=device,
-                 planning=req.plan is None, heal=req.heal, validate=req.validate)
+    check_memory(Checkpoint(source.path), cfg, evaluate=scored, compute=compute, planning=req.plan is None,
+                 heal=req.heal, validate=req.validate)
     phases = PhaseLog()
-    result = (_saved_plan(req.plan, source.path) if req.plan
-              else make_plan(source.path, cfg, source_name=source.name, phases=phases))
-    plan = replace(result.plan, extra={k: v for k, v in result.plan.extra.items() if k != "healing"})
+    result = _make_plan(req, cfg, source, compute, phases)
+    plan = replace(result.plan, extra={k: v for k, v in result.plan.extra.items()
+                                       if k not in ("healing", "quantization")})
+    plan = plan_with_quant(plan, quant, cfg.tp)
     stats = parameter_stats(source.path, plan)
-    warnings: list[str] = [] if req.validate else ["the export was not validated (--no-validate)"]
+    warnings = [] if req.validate else ["the export was not validated (--no-validate)"]
     with staged_output(req.out, force=req.force, source=source.path) as stage:
-        healed_dir = healing = None
+        healing = None
         if req.heal is not None:
-            healing = _heal(source.path, plan, req, device, stage / ".prunenet-healed", phases, cfg.policy)
-            plan, healed_dir = replace(plan, extra={**plan.extra, "healing": healing.record()}), healing.weights.root
-        export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=str(device),
-                                  dtype=_output_dtype(req.dtype, source), healed=healed_dir, quant=req.quant,
-                                  quant_group=req.quant_group)
-        with phases.phase("write", device):
-            report = EXPORTERS[req.target](source.path, plan, stage, export_cfg)
-        if healed_dir is not None:
-            shutil.rmtree(healed_dir)  # now inside the written weights; the output holds no adapter files
+            healing = _heal(source.path, plan, req, compute, stage / ".prunenet-healed", phases, cfg.policy, scored)
+            plan = replace(plan, extra={**plan.extra, "healing": healing.record()})
+        with phases.phase("write", compute.device):
+            report = _write(target, source, plan, stage, req, compute, healing, quant)
         if result.policy is not None and cfg.policy is None:
-            save_policy(result.policy, stage / POLICY_FILE, result.policy_metadata)
-            if result.self_text is not None:
-                key = self_text_key(plan.source_fingerprint, plan.seed, int(plan.extra.get("self_data_tokens", 0)))
-                save_self_text(stage / SELF_TEXT_FILE, result.self_text, key)
-            if healing is not None:
-                from prunenet.healing.data import HEAL_TEXT_FILE, healing_text_key, save_healing_text
-
-                save_healing_text(stage / HEAL_TEXT_FILE, healing.text, healing_text_key(plan.source_fingerprint, req.heal))
+            _save_reusables(stage, result, plan, req, healing)
         quality = None
-        if req.evaluate:
-            with phases.phase("eval", device):
-                quality = _quality(stage, source.path, str(device), req.target)
-        if req.target == "vllm":
-            report["vllm"] = _check_vllm(stage, warnings)
-        hint = load_hint(req.target, str(report.get("architecture", "")), req.out)
-        write_model_card(stage, plan, stats, quality, req.target, hint)
-        if req.target == "onnx":
-            from exporters.onnx.manifest import refresh_manifest
-
-            refresh_manifest(stage)  # the model card and the policy were added after the graph
+        if scored:
+            with phases.phase("eval", compute.device):
+                quality = (target.score()(stage, source.path, str(compute.device)) if target.scorer else
+                           _quality(stage, source.path, compute, plan if quant and healing is None else None))
+        if target.post_check is not None:
+            report[target.post_check], warning = POST_CHECKS[target.post_check](stage)
+            warnings += [warning] if warning else []
+        _finish(stage, target, plan, stats, quality, report, req.out)
     return {
-        "source": source.name, "out": str(req.out), "target": req.target, "method": plan.method,
+        "source": source.name, "out": str(req.out), "target": target.name, "method": plan.method,
         "ratio": plan.ratio, "achieved_ratio": plan.removed_fraction, "allocation": plan.allocation,
         "widths": plan.widths, "stats": stats, "export": report, "quality": quality, "warnings": warnings,
         "policy_fingerprint": plan.policy_fingerprint, "source_fingerprint": plan.source_fingerprint,
-        "phases": phases.to_list(), "healing": plan.extra.get("healing"),
+        "phases": phases.to_list(), "healing": plan.extra.get("healing"), "compute": compute.to_dict(),
+        "quantization": plan.extra.get("quantization"),
     }
 
 
-def _heal(source: Path, plan, req: ExportRequest, device, workdir: Path, phases, policy: str | Path | None):
+def _make_plan(req: ExportRequest, cfg, source, compute, phases):
+    from prunenet.planning.planner import make_plan
+
+    if req.plan is not None:
+        return _saved_plan(req.plan, source.path)
+    return make_plan(source.path, cfg, source_name=source.name, phases=phases, compute=compute)
+
+
+def _write(target, source, plan, stage: Path, req: ExportRequest, compute, healing, quant=None) -> dict[str, Any]:
+    """The target's writer on the staged directory; healed tensors are consumed and removed."""
+    from exporters import ExportConfig
+
+    healed_dir = healing.weights.root if healing is not None else None
+    export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=str(compute.device),
+                              dtype=_output_dtype(req.dtype, source), healed=healed_dir, quant=quant,
+                              scheme=req.quant, group=req.quant_group)
+    report = target.write()(source.path, plan, stage, export_cfg)
+    if healed_dir is not None:
+        shutil.rmtree(healed_dir)  # now inside the written weights; the output holds no adapter files
+    return report
+
+
+def _save_reusables(stage: Path, result, plan, req: ExportRequest, healing) -> None:
+    """The trained policy and the self-texts it and healing learnt from: ``--policy`` reuses all three."""
+    from prunenet.policy.network import POLICY_FILE, save_policy
+
+    save_policy(result.policy, stage / POLICY_FILE, result.policy_metadata)
+    if result.self_text is not None:
+        from prunenet.planning.selftext_cache import SELF_TEXT_FILE, save_self_text, self_text_key
+
+        key = self_text_key(plan.source_fingerprint, plan.seed, int(plan.extra.get("self_data_tokens", 0)))
+        save_self_text(stage / SELF_TEXT_FILE, result.self_text, key)
+    if healing is not None:
+        from prunenet.healing.data import HEAL_TEXT_FILE, healing_text_key, save_healing_text
+
+        save_healing_text(stage / HEAL_TEXT_FILE, healing.text, healing_text_key(plan.source_fingerprint, req.heal))
+
+
+def _finish(stage: Path, target, plan, stats, quality, report: dict[str, Any], out: Path) -> None:
+    """The model card, then the target's finaliser (which may index every file, the card included)."""
+    from exporters.model_card import load_hint, write_model_card
+
+    hint = load_hint(target.card, str(report.get("architecture", "")), out)
+    write_model_card(stage, plan, stats, quality, target.name, hint)
+    finalize = target.finalizer()
+    if finalize is not None:
+        finalize(stage)
+
+
+def _heal(source: Path, plan, req: ExportRequest, compute, workdir: Path, phases, policy, scored: bool):
     """Heal in the staging directory; before/after quality on the evaluation text when there is a report."""
     from prunenet.healing.heal import heal_plan
 
-    reference = None
-    if req.evaluate:
-        from prunenet.evaluation.directories import default_seq_len
-        from prunenet.evaluation.windows import token_windows
-        from prunenet.source.loaders import load_tokenizer
-        from prunenet.texts import reference_text
-
-        windows = token_windows(load_tokenizer(source), reference_text("default"), default_seq_len(source), 8192)
-        reference = [w.reshape(1, -1) for w in windows]
+    reference = _reference_rows(source) if scored else None
     text = None
     if policy is not None:  # healing again with a saved policy: its healing text may be beside it
         from prunenet.healing.data import HEAL_TEXT_FILE, healing_text_key, load_healing_text
@@ -133,8 +167,19 @@ def _heal(source: Path, plan, req: ExportRequest, device, workdir: Path, phases,
         text = load_healing_text(Path(policy).with_name(HEAL_TEXT_FILE), key, req.heal)
         if text is not None:
             log.info("healing self-text reused from beside the policy (%d tokens)", text.tokens)
-    return heal_plan(source, plan, req.heal, device=device, workdir=workdir, reference=reference, phases=phases,
+    return heal_plan(source, plan, req.heal, compute=compute, workdir=workdir, reference=reference, phases=phases,
                      text=text)
+
+
+def _reference_rows(source: Path) -> list:
+    """The quality report's text as id rows, so healing reports its before/after on the same text."""
+    from prunenet.evaluation.directories import default_seq_len
+    from prunenet.evaluation.windows import token_windows
+    from prunenet.source.loaders import load_tokenizer
+    from prunenet.texts import reference_text
+
+    windows = token_windows(load_tokenizer(source), reference_text("default"), default_seq_len(source), 8192)
+    return [w.reshape(1, -1) for w in windows]
 
 
 def _output_dtype(requested: str, source) -> str:
@@ -159,35 +204,31 @@ def _saved_plan(path: Path, source: Path):
     return PlanResult(plan)
 
 
-def _quality(out: Path, source: Path, device: str, target: str) -> dict[str, Any]:
-    if target == "onnx":  # the graph's own logits (int4's cost shows), not the weights it was built from
-        from exporters.onnx.quality import evaluate_onnx_dir
-
-        return evaluate_onnx_dir(out, source, device=device).to_dict()
+def _quality(out: Path, source: Path, compute, unquantized=None) -> dict[str, Any]:
+    """The report; for a quantized export, the same plan unquantized beside it (quantization's own share)."""
     from prunenet.evaluation.directories import evaluate_dirs
 
-    return evaluate_dirs(out, source, device=device).to_dict()
+    quality = evaluate_dirs(out, source, device=str(compute.device)).to_dict()
+    if unquantized is not None:
+        from prunenet.evaluation.unquantized import evaluate_plan
+
+        plain = evaluate_plan(source, unquantized, device=str(compute.device)).to_dict()
+        quality["unquantized"] = {k: plain[k] for k in ("pruned_ppl", "ppl_ratio", "kl", "top1_agreement")}
+        quality["quantization_kl"] = quality["kl"] - plain["kl"]
+    return quality
 
 
-def _check_quant_flags(req: ExportRequest) -> None:
-    """Flag combinations refused before anything is resolved or written."""
-    from prunenet.errors import PruneNetError
-
-    if req.target == "onnx" and req.quant == "fp8":
-        raise PruneNetError("--quant fp8 is not available for --target onnx (no ONNX Runtime fp8 matmul kernel); "
-                            "use w4a16 or w8a8")
-    if req.target != "onnx" and (req.quant != "none" or req.quant_group is not None):
-        raise PruneNetError(f"--quant for --target {req.target} is not on this branch yet (issue 20); "
-                            "use --target onnx")
-
-
-def _check_vllm(out: Path, warnings: list[str]) -> str | None:
-    """The architecture vLLM resolves; vLLM missing is a warning, a directory it cannot serve an error."""
+def _check_vllm(out: Path) -> tuple[str | None, str | None]:
+    """The architecture vLLM resolves and a warning; vLLM missing is a warning, a directory it cannot serve
+    an error."""
     from serving.vllm.check import check_vllm_resolves
     from serving.vllm.errors import VllmUnavailable
 
     try:
-        return check_vllm_resolves(out)
+        return check_vllm_resolves(out), None
     except VllmUnavailable as exc:  # the directory is still valid for transformers
-        warnings.append(f"vLLM could not be checked: {exc}")
-        return None
+        return None, f"vLLM could not be checked: {exc}"
+
+
+POST_CHECKS = {"vllm": _check_vllm}
+"""Consumer checks a :class:`~exporters.targets.Target` names in ``post_check``: ``(out) -> (report, warning)``."""

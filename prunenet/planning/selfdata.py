@@ -21,10 +21,13 @@ import torch
 
 from prunenet.progress import status, track
 
-__all__ = ["generate_self_text", "self_text_ids", "stream_ffn_inputs", "SAMPLE_LEN"]
+__all__ = ["generate_self_text", "self_text_ids", "stream_ffn_inputs", "SAMPLE_LEN", "CAPTURE_ROWS",
+           "self_text_bytes", "capture_bytes"]
 
 SAMPLE_LEN = 128
 """Tokens per self-text sample; ``--self-data N`` asks for ceil(N / SAMPLE_LEN) samples."""
+CAPTURE_ROWS = 4096
+"""Captured FFN-input rows kept per layer (a random subsample when the text is longer)."""
 
 
 def generate_self_text(model, tokenizer, tokens: int, seed: int = 0, sample_len: int = SAMPLE_LEN) -> list[torch.Tensor]:
@@ -62,7 +65,7 @@ def self_text_ids(source: Path, tokens: int, seed: int, device: torch.device, dt
 
 
 def stream_ffn_inputs(
-    source: Path, ids: list[torch.Tensor], *, device: torch.device, dtype: torch.dtype, max_rows: int = 4096,
+    source: Path, ids: list[torch.Tensor], *, device: torch.device, dtype: torch.dtype, max_rows: int = CAPTURE_ROWS,
     seed: int = 0,
 ) -> Iterator[tuple[int, torch.Tensor, float]]:
     """Yield ``(layer, X, residual)`` for every layer, in order, one onloaded layer at a time.
@@ -96,3 +99,19 @@ def stream_ffn_inputs(
         if X.shape[0] > max_rows:
             X = X[torch.randperm(X.shape[0], generator=g)[:max_rows]]
         yield i, X, total / max(count, 1)
+
+
+def self_text_bytes(config: dict, layers: int, model_bytes: int, tokens: int, whole: int) -> int:
+    """Peak bytes of :func:`self_text_ids`: the whole model (``model_bytes``) generating ``tokens``."""
+    from prunenet.memory import generation_bytes
+
+    samples = -(-max(tokens, 1) // SAMPLE_LEN)
+    return generation_bytes(config, layers, model_bytes, samples, SAMPLE_LEN, whole)
+
+
+def capture_bytes(rest: int, per_layer: int, m: int, d: int, tokens: int) -> int:
+    """Peak bytes of :func:`stream_ffn_inputs` with the planner's summary of each layer: one onloaded
+    layer (``per_layer``) beside the embeddings and head (``rest``), the layer's FFN read again in fp32,
+    and the captured rows and their activations."""
+    rows = min(CAPTURE_ROWS, max(tokens, 1))
+    return rest + 2 * per_layer + 3 * m * d * 4 + 3 * rows * max(m, d) * 4

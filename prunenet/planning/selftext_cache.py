@@ -1,7 +1,7 @@
 """Prune once, instantly: the self-text a policy was trained on, saved beside the policy file.
 
 Re-planning with ``--policy FILE`` at another ratio needs the same activation statistics, and
-generating the text again is most of a run (37.5 s of 42.7 s on the default model). The token ids
+generating the text again is most of a run on a small model. The token ids
 are tiny (a few thousand ints), so they are stored next to the policy, keyed by the source
 fingerprint, the seed and the token count; a key mismatch means the text is generated afresh.
 """

@@ -57,12 +57,22 @@ class LayerSummary:
     def train_cost(self, method: Method):
         return self.spectral.cost if method.reward == "spectral" else self.output.cost
 
-    def nbytes(self) -> int:
-        tensors = [self.state, self.score]
-        for reward in (self.output, self.spectral):
-            tensors += [v for v in vars(reward).values() if isinstance(v, torch.Tensor)] if reward else []
-        unique = {id(t): t for t in tensors if t is not None}
-        return sum(t.numel() * t.element_size() for t in unique.values())
+
+def summary_bytes(method: Method, allocation: str, m: int, d: int, self_text: bool) -> int:
+    """Bytes a layer's summary keeps across the stream (fp32): the pre-flight's share of this module."""
+    from prunenet.policy.features import FEATURES
+
+    total = 0
+    if needs_activations(method, allocation):
+        if self_text:
+            total += m * m * 4 if m <= OutputReward.gram_limit else 2 * OutputReward.sketch * m * 4
+        else:
+            total += m * 4
+    if method.state == "features":
+        total += m * len(FEATURES) * 4
+    if method.reward == "spectral" or method.state == "weights":
+        total += m * d * 4 + d * d * 4
+    return total
 
 
 def needs_activations(method: Method, allocation: str) -> bool:

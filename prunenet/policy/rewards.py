@@ -60,8 +60,7 @@ def spike_hidden(ffn: LayerFFN) -> torch.Tensor:
     """``ffn.hidden(spike_inputs(ffn))`` without the d x d x m products (d x m).
 
     A spike input has one non-zero channel, so each pre-activation is one product: ``x_j W_ij``. The
-    matrix product adds exact zeros to that product, so this is the same number, at 1/d of the FLOPs
-    (7B: 0.3 s instead of ~8 s per layer on a 2-core CPU).
+    matrix product adds exact zeros to that product, so this is the same number, at 1/d of the FLOPs.
     """
     x = ffn.gain * ffn.W.shape[1] ** 0.5
     pre = (ffn.W.T * x[:, None]).contiguous()  # row-major like the product: activations vectorise alike

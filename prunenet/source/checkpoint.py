@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -84,17 +83,6 @@ class Checkpoint:
                 raise ModelSourceError(
                     f"{shard}: cannot read tensor {name} ({str(exc).splitlines()[0][:120]}); the file is corrupt"
                 ) from None
-
-    def iter_shard(self, shard: str) -> Iterator[tuple[str, torch.Tensor]]:
-        names = [n for n, s in self.weight_map.items() if s == shard]
-        with self._open(self.path / shard) as f:
-            for name in names:
-                try:
-                    yield name, f.get_tensor(name)
-                except Exception as exc:
-                    raise ModelSourceError(
-                        f"{self.path / shard}: cannot read tensor {name} ({str(exc).splitlines()[0][:120]})"
-                    ) from None
 
     @cached_property
     def _headers(self) -> dict[str, tuple[tuple[int, ...], str]]:

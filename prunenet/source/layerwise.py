@@ -24,13 +24,10 @@ import torch
 
 from prunenet.arch import ArchSpec, get_arch_spec
 from prunenet.progress import track
+from prunenet.quantization.compressed import compressed_reader
 from prunenet.source.checkpoint import Checkpoint
 
 __all__ = ["LayerwiseModel"]
-
-
-class _Caught(Exception):
-    pass
 
 
 class LayerwiseModel:
@@ -48,6 +45,7 @@ class LayerwiseModel:
         self.path = Path(path)
         self.device, self.dtype, self.round_to = torch.device(device), dtype, round_to
         self.ckpt = Checkpoint(self.path)
+        self._reader = compressed_reader(self.ckpt.config)  # a quantized export: decompressed per module
         self.spec: ArchSpec = get_arch_spec(self.ckpt.config.get("model_type"))
         trust = needs_remote_code(self.path)
         config = AutoConfig.from_pretrained(self.path, trust_remote_code=trust)
@@ -82,8 +80,17 @@ class LayerwiseModel:
 
     def onload(self, layer: int) -> torch.nn.Module:
         """Materialise decoder layer ``layer`` from the checkpoint on the compute device."""
-        for name in self.layer_tensor_names(layer):
-            self._set(name, self.ckpt.get(name))
+        names = self.layer_tensor_names(layer)
+        pairs = (self._reader.tensors(names, self.ckpt.get) if self._reader is not None
+                 else ((n, self.ckpt.get(n)) for n in names))
+        for name, value in pairs:
+            self._set(name, value)
+        if self._reader is not None and self._reader.activations():
+            from prunenet.quantization.apply import quantize_inputs_
+
+            quantized = {n.removesuffix("_scale") for n in names if n.endswith(".weight_scale")}
+            quantize_inputs_(self.layers[layer], f"{self.spec.layers_prefix}.{layer}.", quantized,
+                             self._reader.activations())
         self._check_complete(self.layers[layer])
         return self.layers[layer]
 
