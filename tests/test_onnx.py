@@ -21,8 +21,8 @@ from plans import outlier_plan
 from tiny_models import TINY_CONFIGS, with_tokenizer
 
 from exporters.hf import write_hf_checkpoint
-from exporters.onnx.builder import BUILDER_FAMILIES
 from exporters.onnx.export import OnnxExportError, export_onnx
+from exporters.onnx.families import BUILDER_FAMILIES
 from prunenet.arch import ARCH_SPECS
 from prunenet.errors import ExportValidationError, UnsupportedArchitecture
 

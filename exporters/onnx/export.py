@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from exporters.hf.side_files import SIDE_FILES, copy_side_files
-from exporters.onnx.builder import BUILDER_FAMILIES, build_graph, builder_precision, check_family
+from exporters.onnx.builder import build_graph, builder_precision
+from exporters.onnx.families import BUILDER_FAMILIES, check_family
 from exporters.onnx.genai import tune_genai_config
 from exporters.onnx.layout import probe_cache
 from exporters.onnx.manifest import REPORT_FILE, write_manifest

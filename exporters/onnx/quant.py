@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from exporters.onnx.families import check_family
 from prunenet.errors import PruneNetError
 
 __all__ = ["QUANT_SCHEMES", "BLOCK_SIZES", "OnnxQuantError", "OnnxOptions", "check_request", "check_target_quant",
@@ -79,8 +80,6 @@ def choose_block(ks: set[int], group: int | None) -> int:
 
 def check_request(config: dict[str, Any], options: OnnxOptions, align: int, device: str) -> int | None:
     """Refuse what cannot be built, before any work; returns the block size (None without --quant)."""
-    from exporters.onnx.builder import check_family
-
     if options.quant == "fp8":
         raise OnnxQuantError("--quant fp8 is not available for --target onnx (no ONNX Runtime fp8 matmul "
                              "kernel); use w4a16 or w8a8")
