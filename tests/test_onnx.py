@@ -307,3 +307,24 @@ def test_graph_over_2gb_uses_external_data(tmp_path):
         assert graph + EXTERNAL_DATA_SUFFIX in report["files"]
     assert report["fusions"].get("SkipSimplifiedLayerNormalization") == 4  # 2 per layer, as without external data
     assert sorted(report["files"]) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def test_genai_bench_engine_times_a_fixed_length(exported):
+    """The bench's onnxruntime-genai engine: end-of-text does not stop it, one decode time per new token."""
+    from serving.bench.engines import artefact_mb, load_decoder
+
+    out, _ = exported["llama"]
+    ids = np.array([[5, 6, 7, 8]], dtype=np.int64)
+    genai, plain = load_decoder("onnxruntime-genai", out, threads=1), load_decoder("onnxruntime", out, threads=1)
+    got, ref = genai.generate(ids, 40), plain.generate(ids, 40)
+    assert got.tokens.shape == (1, 40) and len(got.step_s) == 39 and got.prefill_s > 0
+    np.testing.assert_array_equal(got.tokens, ref.tokens)
+    assert artefact_mb("onnxruntime-genai", out) == artefact_mb("onnxruntime", out) > 0
+
+
+def test_quant_without_a_tokenizer_is_refused(tiny_models, tmp_path):
+    from exporters.onnx.quant import OnnxOptions, OnnxQuantError
+
+    with pytest.raises(OnnxQuantError, match="tokenizer"):
+        export_onnx(tiny_models["llama"], tmp_path, options=OnnxOptions(quant="w4a16"))
+    assert not list(tmp_path.iterdir())

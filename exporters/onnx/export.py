@@ -8,7 +8,9 @@ weights in ``model.onnx.data`` past 2 GiB), ``genai_config.json`` (:mod:`exporte
 the tokenizer files, ``config.json``, ``generation_config.json``, the plan and ``prunenet-onnx.json``
 (:mod:`exporters.onnx.manifest`).
 
-opt and falcon, which the builder does not build, keep the graph traced by torch.onnx in optimum's
+A source without tokenizer files (onnxruntime-genai needs them; test models) gets the traced graph
+too, with a warning, and ``--quant`` is refused for it. opt and falcon, which the builder does not
+build, keep the graph traced by torch.onnx in optimum's
 layout (:mod:`exporters.onnx.trace`, fused by ORT's transformer optimizer); there is still one
 graph, ``model.onnx``, and no genai_config (onnxruntime-genai has no such model types); ``--quant``
 is refused for them.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,12 +45,15 @@ from exporters.onnx.optimize import (
     ort_optimize,
     save_model,
 )
-from exporters.onnx.quant import OnnxOptions, choose_block, matmul_ks
+from exporters.onnx.quant import OnnxOptions, OnnxQuantError, choose_block, matmul_ks
 from exporters.onnx.trace import OPSET, OnnxExportError, trace
 from exporters.onnx.validate import DEFAULT_PROMPTS, validate_decoding
 from prunenet.arch import get_arch_spec
 from prunenet.errors import ModelSourceError
 from prunenet.progress import status
+from prunenet.source.loaders import has_tokenizer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["OnnxExportError", "DEFAULT_PROMPTS", "REPORT_FILE", "export_onnx", "load_for_export"]
 
@@ -77,9 +83,15 @@ def export_onnx(
     config = _read_config(hf_dir)
     check_family(config.get("model_type"), quantized=options.bits is not None)
     timings: dict[str, float] = {}
-    if config["model_type"] in BUILDER_FAMILIES:
+    if config["model_type"] in BUILDER_FAMILIES and has_tokenizer(hf_dir):
         report = _export_built(hf_dir, out_dir, config, device, options, dtype, timings)
+    elif options.bits is not None:
+        raise OnnxQuantError(f"{hf_dir.name}: --quant for --target onnx needs the model's tokenizer files "
+                             "(onnxruntime-genai's model builder and runtime read them)")
     else:
+        if config["model_type"] in BUILDER_FAMILIES:
+            log.warning("%s has no tokenizer files, which onnxruntime-genai needs: writing the traced graph",
+                        hf_dir.name)
         report = _export_traced(hf_dir, out_dir, device, optimize, timings)
     _copy_side_files(hf_dir, out_dir)
     report.update(model_type=config.get("model_type"), device=device, quant=options.quant)
