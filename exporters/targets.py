@@ -46,6 +46,9 @@ class Target:
     quant_check: str | None = None
     """``"module:function"`` ``(config, scheme, group, align, device) -> None`` for a target that quantizes
     in its own format: it refuses what it cannot build, and compressed-tensors quantization is skipped."""
+    cpu_dtypes: tuple[str, ...] | None = None
+    """The ``--dtype`` values the target can compute in on a CPU (None: any); others are refused up front
+    rather than silently written in another dtype."""
 
     def write(self) -> Callable[..., dict[str, Any]]:
         return _resolve(self.writer)
@@ -76,7 +79,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            writer="exporters:export_onnx_target", quality_report=True, card="onnx",
            finalize="exporters.onnx.manifest:refresh_manifest",
            next_step="benchmark: prunenet bench {out} --engine onnxruntime onnxruntime-genai",
-           scorer="exporters.onnx.quality:quality_report", quant_check="exporters.onnx.quant:check_target_quant"),
+           scorer="exporters.onnx.quality:quality_report", quant_check="exporters.onnx.quant:check_target_quant",
+           cpu_dtypes=("float32",)),
 )}
 
 
