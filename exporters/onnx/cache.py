@@ -18,7 +18,7 @@ from prunenet.progress import status
 
 __all__ = ["ONNX_CACHE_FORMAT", "onnx_dir_for"]
 
-ONNX_CACHE_FORMAT = 3
+ONNX_CACHE_FORMAT = 4
 """Bump when the exporter changes what it writes, so stale cached graphs are rebuilt."""
 
 

@@ -4,6 +4,8 @@ They live with the exporter because they speak its graph I/O (``input_ids``, ``a
 ``position_ids``, ``past_key_values.N.key|value`` -> ``logits``, ``present.N.key|value``): the
 exporter validates with them and the benchmark times with them.
 
+The graph is either the model builder's (no ``position_ids``: GroupQueryAttention derives positions
+from ``attention_mask``, so it assumes no left padding) or the traced one (opt, falcon).
 ONNX Runtime decoding uses IO binding: the ``present.*`` outputs stay ``OrtValue``s that are bound
 as the next step's ``past_key_values.*`` inputs, so the KV cache is never copied into numpy.
 """
@@ -103,7 +105,10 @@ class OrtDecoder:
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
-        self.kv_shapes = [(int(inputs[n].shape[1]), int(inputs[n].shape[3])) for n in self.past_names]
+        head_size = _genai_head_size(onnx_dir)  # the builder's graphs name the head dim 'kv_cache_dim'
+        self.kv_shapes = [(int(inputs[n].shape[1]), int(inputs[n].shape[3]) if isinstance(inputs[n].shape[3], int)
+                           else head_size) for n in self.past_names]
+        self.has_position_ids = "position_ids" in inputs
         self.dtype = np.float16 if inputs[self.past_names[0]].type == "tensor(float16)" else np.float32
         self.max_total_length = read_manifest(onnx_dir).get("max_total_length")
         self._past: list[Any] = []
@@ -128,13 +133,16 @@ class OrtDecoder:
                 for h, d in self.kv_shapes]
 
     def _step(self, ids: np.ndarray, pos: np.ndarray, total: int) -> np.ndarray:
-        feeds = {"input_ids": np.ascontiguousarray(ids), "position_ids": np.ascontiguousarray(pos),
-                 "attention_mask": np.ones((ids.shape[0], total), dtype=np.int64)}
+        feeds = {"input_ids": np.ascontiguousarray(ids), "attention_mask": np.ones((ids.shape[0], total), dtype=np.int64)}
+        if self.has_position_ids:
+            feeds["position_ids"] = np.ascontiguousarray(pos)
         logits, self._past = self._run(feeds, self._past)
         return logits.numpy()[:, -1]
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.has_position_ids:
+            feeds["position_ids"] = position_ids
         logits, _ = self._run(feeds, self._empty_past(input_ids.shape[0]))
         return logits.numpy().astype(np.float32)
 
@@ -151,3 +159,13 @@ class OrtDecoder:
 
     def close(self) -> None:
         self.session = None
+
+
+def _genai_head_size(onnx_dir: Path) -> int | None:
+    """``head_size`` from a builder-made directory's genai_config.json (None for a traced graph)."""
+    import json
+
+    try:
+        return int(json.loads((onnx_dir / "genai_config.json").read_text())["model"]["decoder"]["head_size"])
+    except (OSError, ValueError, KeyError):
+        return None

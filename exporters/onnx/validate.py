@@ -4,7 +4,9 @@ Torch scores ORT's whole generated sequence in one uncached pass (teacher forcin
 argmax at every new position is the token ORT chose, torch's own greedy loop would have produced
 the same tokens, by induction, so this equals comparing two greedy loops at the cost of one pass,
 and it checks ORT's cache plumbing against a cache-free reference. A left-padded batch checks
-that the graph really uses ``attention_mask``.
+that a traced graph really uses ``attention_mask`` (the builder's graphs take no ``position_ids``
+and assume no left padding, as onnxruntime-genai feeds them). For a builder-made directory,
+onnxruntime-genai's own generator must then produce ORT's tokens (the directory runs as it is).
 """
 
 from __future__ import annotations
@@ -27,30 +29,69 @@ DEFAULT_PROMPTS = (
     "def fibonacci(n):",
 )
 GREEDY_TOKENS = 32
-_RELATIVE_TOL = {"float32": None, "float16": 2e-2}  # None: the family's ArchSpec.atol
+_RELATIVE_TOL = {"float32": None, "float16": 2e-2, "bfloat16": 5e-2}  # None: the family's ArchSpec.atol
 
 
 def validate_decoding(model, out_dir: Path, config: dict, prompts: list[str], dtype: str,
-                      device: str) -> dict[str, Any]:
+                      device: str, *, genai: bool = False) -> dict[str, Any]:
     """ORT greedy decoding of ``prompts`` must be ``model``'s (see the module docstring); raises otherwise."""
     rel = _RELATIVE_TOL[dtype] or get_arch_spec(config.get("model_type")).atol
     ort_model, torch_model = OrtDecoder(out_dir, device=device), TorchDecoder(model)
     outcomes = []
-    for ids in _prompt_ids(out_dir, prompts, int(config["vocab_size"])):
-        got = ort_model.generate(ids, GREEDY_TOKENS, keep_logits=True)
-        seq = np.concatenate([ids, got.tokens[:, :-1]], axis=1)
-        ref = torch_model.forward(seq, np.ones_like(seq), np.tile(np.arange(seq.shape[1]), (seq.shape[0], 1)))
-        outcomes.append(_compare(ref[:, ids.shape[1] - 1:], got, rel))
-    padded = _padded_batch_diff(torch_model, ort_model, int(config["vocab_size"]), rel)
+    prompt_ids = _prompt_ids(out_dir, prompts, int(config["vocab_size"]))
+    for ids in prompt_ids:
+        outcomes.append(_teacher_forced(torch_model, ids, ort_model.generate(ids, GREEDY_TOKENS, keep_logits=True),
+                                        rel))
+    padded = _padded_batch_diff(torch_model, ort_model, int(config["vocab_size"]), rel) \
+        if ort_model.has_position_ids else None
     ort_model.close()
     _raise_on_failure(outcomes, padded)
-    return {
+    result = {
         "prompts": len(outcomes), "tokens_per_prompt": GREEDY_TOKENS, "method": "teacher-forced torch pass",
-        "max_logit_diff": max(o["max_logit_diff"] for o in outcomes + [padded]),
+        "max_logit_diff": max(o["max_logit_diff"] for o in outcomes + ([padded] if padded else [])),
         "greedy_match": all(o["first_mismatch"] is None for o in outcomes),
         "near_ties": sum(o["ties"] for o in outcomes), "relative_tolerance": rel,
-        "padded_batch_max_diff": padded["max_logit_diff"],
+        "padded_batch_max_diff": padded["max_logit_diff"] if padded else None,
     }
+    if genai:
+        result["genai"] = _genai_check(torch_model, out_dir, prompt_ids, rel, device)
+    return result
+
+
+def _teacher_forced(torch_model, ids: np.ndarray, got, rel: float) -> dict[str, Any]:
+    """Torch's logits on the engine's own sequence, compared position by position (see :func:`_compare`)."""
+    seq = np.concatenate([ids, got.tokens[:, :-1]], axis=1)
+    ref = torch_model.forward(seq, np.ones_like(seq), np.tile(np.arange(seq.shape[1]), (seq.shape[0], 1)))
+    return _compare(ref[:, ids.shape[1] - 1:], got, rel)
+
+
+def _genai_check(torch_model, out_dir: Path, prompt_ids: list, rel: float, device: str) -> dict[str, Any]:
+    """onnxruntime-genai's generator, loading the directory as it is, held to the same rule as ORT.
+
+    Its KV buffer is shared and preallocated, so attention sums in another order than the plain
+    loop's: near-ties may go the other way, which the teacher-forced rule accepts.
+    """
+    from exporters.onnx.genai import GenaiDecoder
+
+    try:
+        decoder = GenaiDecoder(out_dir, device=device)
+    except Exception as exc:  # a CPU-only onnxruntime-genai cannot open a CUDA graph; ORT's check still ran
+        if not device.startswith("cuda"):
+            raise
+        return {"skipped": f"onnxruntime-genai cannot load the CUDA graph here: {str(exc).splitlines()[0][:200]}"}
+    try:
+        outcomes = [_teacher_forced(torch_model, ids, decoder.generate(ids, GREEDY_TOKENS, keep_logits=True,
+                                                                   stop_at_eos=True), rel)
+                    for ids in prompt_ids]
+    finally:
+        decoder.close()
+    for i, o in enumerate(outcomes):
+        if (o["first_mismatch"] is not None and not o["all_ties"]) or o["max_logit_diff"] > o["tolerance"]:
+            raise ExportValidationError(
+                f"onnxruntime-genai's generator disagrees with torch on prompt {i + 1} (first mismatch at new token "
+                f"{o['first_mismatch']}, max logit diff {o['max_logit_diff']:.3g}, tolerance {o['tolerance']:.3g})")
+    return {"greedy_match": all(o["first_mismatch"] is None for o in outcomes),
+            "max_logit_diff": max(o["max_logit_diff"] for o in outcomes), "near_ties": sum(o["ties"] for o in outcomes)}
 
 
 def _prompt_ids(out_dir: Path, prompts: list[str], vocab: int) -> list:
@@ -92,8 +133,8 @@ def _padded_batch_diff(torch_model, ort_model, vocab: int, rel: float) -> dict[s
     return {"max_logit_diff": diff, "tolerance": rel * max(1.0, float(np.abs(ref[valid]).max()))}
 
 
-def _raise_on_failure(outcomes: list[dict[str, Any]], padded: dict[str, Any]) -> None:
-    if padded["max_logit_diff"] > padded["tolerance"]:
+def _raise_on_failure(outcomes: list[dict[str, Any]], padded: dict[str, Any] | None) -> None:
+    if padded is not None and padded["max_logit_diff"] > padded["tolerance"]:
         raise ExportValidationError(
             f"ONNX graph mishandles padding: left-padded batch logits differ from torch by "
             f"{padded['max_logit_diff']:.3g} (tolerance {padded['tolerance']:.3g})"

@@ -9,7 +9,7 @@ import click
 
 from .common import emit_json, handle_errors, setup_output, verbosity_options
 
-ENGINE_NAMES = ("torch", "onnxruntime", "vllm")
+ENGINE_NAMES = ("torch", "onnxruntime", "onnxruntime-genai", "vllm")
 _NUMBERS = re.compile(r"^\d+(,\d+)*$")
 _MULTI_VALUE = {
     "--batch-sizes": lambda tok: bool(_NUMBERS.match(tok)),
@@ -82,7 +82,7 @@ def _engines(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.command("bench", cls=_MultiValueCommand)
 @click.argument("dirs", metavar="DIR [DIR ...]", nargs=-1, required=True, type=_BenchDir())
 @click.option("--engine", "engines", multiple=True, metavar="NAME [NAME ...]",
-              help="torch, onnxruntime and/or vllm (repeat or list them).  [default: onnxruntime]")
+              help="torch, onnxruntime, onnxruntime-genai and/or vllm (repeat or list them).  [default: onnxruntime]")
 @click.option("--batch-sizes", multiple=True, default=("1",), show_default=True, metavar="N [N ...]",
               help="Batch sizes to measure.")
 @click.option("--prompt-lengths", multiple=True, default=("32", "128"), show_default=True, metavar="N [N ...]",

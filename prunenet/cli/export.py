@@ -58,9 +58,11 @@ from .common import emit_json, handle_errors, setup_output, verbosity_options
               help="; ".join(f"{m.name} {m.summary}" for m in HEAL_MODES.values())
                    + f"; auto picks the first that fits ({', '.join(HEAL_MODES)}).")
 @click.option("--quant", type=click.Choice(QUANT_CHOICES), default="none", show_default=True,
-              help="Quantize every decoder linear after pruning (data-free; compressed-tensors format).")
+              help="Quantize every decoder linear after pruning (data-free; compressed-tensors format; "
+                   "onnx: 8/4-bit MatMulNBits, fp8 refused).")
 @click.option("--quant-group", type=click.IntRange(min=2), default=None,
-              help="Group size of w4a16 scales [default: the largest of 128/64/32 dividing every K per rank].")
+              help="Group size of w4a16 scales [default: the largest of 128/64/32 dividing every K per rank; "
+                   "onnx: the MatMulNBits block, 32].")
 @click.option("--no-eval", is_flag=True, help="Skip the quality report.")
 @click.option("--no-validate", is_flag=True,
               help="Skip the export's self-check: reloading it and comparing logits with the pruned source "

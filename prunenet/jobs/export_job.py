@@ -51,16 +51,16 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     from prunenet.phases import PhaseLog
     from prunenet.planning.stats import parameter_stats
     from prunenet.preflight import check_memory
-    from prunenet.quantization.request import plan_with_quant, prepare_quant
+    from prunenet.quantization.request import plan_with_quant
     from prunenet.source.checkpoint import Checkpoint
     from prunenet.source.resolve import resolve_model
 
     target = get_target(req.target)
     source = resolve_model(req.model)
     check_output_dir(req.out, force=req.force, source=source.path)  # fail before any training
-    quant, align = prepare_quant(source.path, req.quant, req.quant_group, cfg.tp, cfg.align)
-    cfg = replace(cfg, align=align)  # widths the scheme's kernels accept
     compute = Compute.for_checkpoint(cfg.device, source.path)
+    _check_dtype(target, req.dtype, compute)
+    cfg, quant = _prepare_quant(target, req, cfg, source.path)
     scored = req.evaluate and target.quality_report
     # before any long step: refuse what cannot fit, write nothing
     check_memory(Checkpoint(source.path), cfg, evaluate=scored, compute=compute, planning=req.plan is None,
@@ -84,7 +84,8 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         quality = None
         if scored:
             with phases.phase("eval", compute.device):
-                quality = _quality(stage, source.path, compute, plan if quant and healing is None else None)
+                quality = (target.score()(stage, source.path, str(compute.device)) if target.scorer else
+                           _quality(stage, source.path, compute, plan if quant and healing is None else None))
         if target.post_check is not None:
             report[target.post_check], warning = POST_CHECKS[target.post_check](stage)
             warnings += [warning] if warning else []
@@ -97,6 +98,29 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         "phases": phases.to_list(), "healing": plan.extra.get("healing"), "compute": compute.to_dict(),
         "quantization": plan.extra.get("quantization"),
     }
+
+
+def _check_dtype(target, dtype: str, compute) -> None:
+    """A ``--dtype`` the target cannot compute in on this device is refused before any work."""
+    if dtype != "auto" and compute.device.type == "cpu" and target.cpu_dtypes and dtype not in target.cpu_dtypes:
+        from prunenet.errors import PruneNetError
+
+        raise PruneNetError(f"--target {target.name} computes in {', '.join(target.cpu_dtypes)} on the CPU, not "
+                            f"{dtype}; drop --dtype, use --quant for smaller weights, or --device cuda")
+
+
+def _prepare_quant(target, req: ExportRequest, cfg, source: Path):
+    """``(cfg, quant)``: the scheme checked before any work and the width step its kernels need; a target
+    that quantizes in its own format checks the request by its own rules instead."""
+    if target.quant_check is not None:
+        from prunenet.source.checkpoint import Checkpoint
+
+        target.check_quant()(Checkpoint(source).config, req.quant, req.quant_group, cfg.align, cfg.device)
+        return cfg, None
+    from prunenet.quantization.request import prepare_quant
+
+    quant, align = prepare_quant(source, req.quant, req.quant_group, cfg.tp, cfg.align)
+    return replace(cfg, align=align), quant
 
 
 def _make_plan(req: ExportRequest, cfg, source, compute, phases):
@@ -113,7 +137,8 @@ def _write(target, source, plan, stage: Path, req: ExportRequest, compute, heali
 
     healed_dir = healing.weights.root if healing is not None else None
     export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=str(compute.device),
-                              dtype=_output_dtype(req.dtype, source), healed=healed_dir, quant=quant)
+                              dtype=_output_dtype(req.dtype, source), healed=healed_dir, quant=quant,
+                              scheme=req.quant, group=req.quant_group)
     report = target.write()(source.path, plan, stage, export_cfg)
     if healed_dir is not None:
         shutil.rmtree(healed_dir)  # now inside the written weights; the output holds no adapter files

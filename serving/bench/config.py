@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = ["ENGINES", "SCHEMA", "BenchConfig", "default_threads"]
 
-ENGINES = ("torch", "onnxruntime", "vllm")
+ENGINES = ("torch", "onnxruntime", "onnxruntime-genai", "vllm")
 SCHEMA = "prunenet-bench/1"
 
 
@@ -22,7 +22,8 @@ class BenchConfig:
     """What to measure; the CLI options map one to one onto these fields."""
 
     engines: tuple[str, ...] = ("onnxruntime",)
-    """Engines to run, each over every directory: torch (eager PyTorch), onnxruntime, vllm."""
+    """Engines to run, each over every directory: torch (eager PyTorch), onnxruntime (a plain ORT loop),
+    onnxruntime-genai (its own generator, on the same ONNX directory), vllm."""
     batch_sizes: tuple[int, ...] = (1,)
     prompt_lengths: tuple[int, ...] = (32, 128)
     """Prompt lengths in tokens (a real English text, cut to length; random ids without a tokenizer)."""

@@ -1,6 +1,6 @@
 """The engines a benchmark can load: torch and ONNX Runtime in this process, vLLM's offline engine.
 
-torch and ONNX Runtime decoders are the ONNX exporter's own (:mod:`exporters.onnx.decoders`, the
+torch, ONNX Runtime and onnxruntime-genai decoders are the ONNX exporter's own (:mod:`exporters.onnx.decoders`, the
 graph I/O they speak is defined there); vLLM exposes no per-step hook, so :class:`VllmDecoder` derives
 the decode time from two calls. Every decoder runs the same greedy loop and returns a
 :class:`~exporters.onnx.greedy.Generation`.
@@ -14,9 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from exporters.onnx.decoders import OrtDecoder, TorchDecoder
+from exporters.onnx.genai import GenaiDecoder
 from exporters.onnx.greedy import Decoder, EngineError, Generation
 
-__all__ = ["VllmDecoder", "load_decoder", "artefact_mb"]
+__all__ = ["ONNX_ENGINES", "VllmDecoder", "load_decoder", "artefact_mb"]
+
+ONNX_ENGINES = ("onnxruntime", "onnxruntime-genai")
+"""Engines that run an ONNX export directory (the same one: the genai engine reads its genai_config.json)."""
 
 
 class VllmDecoder:
@@ -62,6 +66,8 @@ def load_decoder(engine: str, path: Path, *, device: str = "cpu", threads: int |
     """An in-process decoder: ``path`` is an HF directory (torch) or an ONNX export directory (onnxruntime)."""
     if engine == "onnxruntime":
         return OrtDecoder(path, device=device, threads=threads)
+    if engine == "onnxruntime-genai":
+        return GenaiDecoder(path, device=device, threads=threads)
     if engine == "torch":
         return TorchDecoder.load(path, device=device)
     raise EngineError(f"engine {engine!r} cannot be loaded in this process")
@@ -70,7 +76,7 @@ def load_decoder(engine: str, path: Path, *, device: str = "cpu", threads: int |
 def artefact_mb(engine: str, path: Path) -> float:
     """Size on disk of what the engine loads (the ORT graph and its data; not the unoptimized copy)."""
     files = [f for f in path.iterdir() if f.is_file()]
-    if engine == "onnxruntime":
+    if engine in ONNX_ENGINES:
         files = [f for f in files if f.name.startswith("model.onnx")]
     else:
         files = [f for f in files if f.suffix == ".safetensors"]

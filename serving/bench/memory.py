@@ -84,6 +84,8 @@ def _measure_alone(request: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(request["threads"])
     elif request["engine"] == "onnxruntime":
         import onnxruntime  # noqa: F401
+    elif request["engine"] == "onnxruntime-genai":
+        import onnxruntime_genai  # noqa: F401
     else:
         raise EngineError(f"engine {request['engine']!r} cannot be measured in a child process")
     from serving.bench.engines import load_decoder

@@ -35,7 +35,7 @@ from exporters.onnx.cache import onnx_dir_for
 from prunenet.errors import ModelSourceError
 from prunenet.progress import status, track
 from serving.bench.config import SCHEMA, BenchConfig, default_threads
-from serving.bench.engines import artefact_mb, load_decoder
+from serving.bench.engines import ONNX_ENGINES, artefact_mb, load_decoder
 from serving.bench.measure import Loaded, measure, with_ratios
 from serving.bench.memory import isolated_memory
 from serving.bench.outputs import write_outputs
@@ -205,7 +205,7 @@ def _with_memory(rows: list[dict[str, Any]], loaded: list[Loaded], cfg: BenchCon
 
 
 def _load(engine: str, d: Path, label: str, cfg: BenchConfig) -> Loaded:
-    artefact = onnx_dir_for(d, device=cfg.device, validate=cfg.validate_export) if engine == "onnxruntime" else d
+    artefact = onnx_dir_for(d, device=cfg.device, validate=cfg.validate_export) if engine in ONNX_ENGINES else d
     start = time.perf_counter()
     with status(f"Loading {label} ({engine})"):
         decoder = load_decoder(engine, Path(artefact), device=cfg.device, threads=cfg.threads)

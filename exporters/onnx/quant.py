@@ -1,0 +1,133 @@
+"""Weight precision of an ONNX export: the ``--quant`` schemes, their block size, and a torch reference.
+
+``--quant`` names are shared with the HF/vLLM targets. For ONNX, ``w4a16`` is ONNX Runtime's
+``MatMulNBits`` with symmetric 4-bit weights and ``w8a8`` the same operator with 8-bit weights; on
+CPU both run with ``accuracy_level=4`` (the activation side of each product is quantized to int8
+on the fly, the kernel that makes 4-bit weights pay off). ``fp8`` has no ONNX Runtime CPU kernel
+and is refused. The block size (``--quant-group``) must divide every input width K of every
+quantized MatMul, or the last block of a row would straddle two rows' worth of padding: it is
+checked before any work, against the hidden size, the attention output width and ``--align``
+(every FFN width is a multiple of it).
+
+:func:`fake_quantize_` applies the same symmetric round-to-nearest to a torch model in place, the
+reference an int4/int8 graph is validated against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from exporters.onnx.families import check_family
+from prunenet.errors import PruneNetError
+
+__all__ = ["QUANT_SCHEMES", "BLOCK_SIZES", "OnnxQuantError", "OnnxOptions", "check_request", "check_target_quant",
+           "choose_block",
+           "fake_quantize_", "matmul_ks"]
+
+QUANT_SCHEMES: dict[str, int | None] = {"none": None, "w4a16": 4, "w8a8": 8, "fp8": None}
+"""--quant name -> weight bits of the ONNX graph (None: float weights; fp8 is refused for ONNX)."""
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+"""Block sizes ONNX Runtime's MatMulNBits quantizer accepts."""
+DEFAULT_BLOCK = 32
+"""The builder's and ORT's default: the largest size whose 4-bit error stays small on small models."""
+
+
+class OnnxQuantError(PruneNetError):
+    """The requested ONNX precision cannot be built for this model (refused before any work)."""
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """What the ONNX target builds besides the model itself."""
+
+    quant: str = "none"
+    group: int | None = None
+    """MatMulNBits block size; None: :data:`DEFAULT_BLOCK` (or 16 where 32 does not divide every K)."""
+    quantize_head: bool = True
+    """Quantize the LM head too (a tied head is re-materialized as its own 4/8-bit weight)."""
+
+    @property
+    def bits(self) -> int | None:
+        return QUANT_SCHEMES[self.quant]
+
+
+def matmul_ks(config: dict[str, Any], widths: list[int] | tuple[int, ...] = ()) -> set[int]:
+    """Input widths K of the decoder's MatMuls: hidden size, attention output width, FFN widths."""
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    return {hidden, heads * head_dim, *(int(w) for w in widths)}
+
+
+def choose_block(ks: set[int], group: int | None) -> int:
+    """``group`` if it divides every K, else the default (32, then 16); one-line error otherwise."""
+    if group is not None:
+        if group not in BLOCK_SIZES:
+            raise OnnxQuantError(f"--quant-group {group}: ONNX Runtime's MatMulNBits takes "
+                                 f"{', '.join(map(str, BLOCK_SIZES))}")
+        bad = sorted(k for k in ks if k % group)
+        if bad:
+            raise OnnxQuantError(f"--quant-group {group} does not divide the matmul input width(s) "
+                                 f"{', '.join(map(str, bad))}; choose one that divides {sorted(ks)}")
+        return group
+    for block in (DEFAULT_BLOCK, 16):
+        if all(k % block == 0 for k in ks):
+            return block
+    raise OnnxQuantError(f"no MatMulNBits block size divides every matmul input width {sorted(ks)}; "
+                         "pass --quant-group or a multiple of 16 as --align")
+
+
+def check_request(config: dict[str, Any], options: OnnxOptions, align: int, device: str) -> int | None:
+    """Refuse what cannot be built, before any work; returns the block size (None without --quant)."""
+    if options.quant == "fp8":
+        raise OnnxQuantError("--quant fp8 is not available for --target onnx (no ONNX Runtime fp8 matmul "
+                             "kernel); use w4a16 or w8a8")
+    check_family(config.get("model_type"), quantized=options.quant != "none")
+    if options.bits is None:
+        if options.group is not None:
+            raise OnnxQuantError("--quant-group needs --quant w4a16 or w8a8")
+        return None
+    if device.startswith("cuda") and options.bits == 8:
+        raise OnnxQuantError("--quant w8a8 --target onnx is built for CPU only; use w4a16 on CUDA")
+    block = choose_block(matmul_ks(config), options.group)
+    if align % block:
+        raise OnnxQuantError(f"--align {align} is not a multiple of the block size {block}: pruned FFN widths "
+                             f"would not divide into blocks; use --align {block * max(1, align // block)}")
+    return block
+
+
+def check_target_quant(config: dict[str, Any], scheme: str, group: int | None, align: int, device: str) -> None:
+    """The ONNX target's ``quant_check`` (:class:`exporters.targets.Target`): refuse before any work."""
+    from prunenet.device import resolve_device
+
+    check_request(config, OnnxOptions(quant=scheme, group=group), align, resolve_device(device).type)
+
+
+def fake_quantize_(model: Any, bits: int, block: int, *, head: bool) -> None:
+    """Symmetric round-to-nearest of every decoder Linear (and the head if ``head``), in place.
+
+    Per output row and block of K inputs: scale = the block's largest-magnitude value / -2^(bits-1),
+    so that value maps to the most negative code, codes clipped to [-2^(bits-1), 2^(bits-1) - 1];
+    this is the rule of ONNX Runtime's blockwise quantizer. Embeddings are left as they are.
+    """
+    import torch
+
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    head_module = model.get_output_embeddings()
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, torch.nn.Linear) or (module is head_module and not head):
+                continue
+            w = module.weight.data.float()
+            rows, k = w.shape
+            blocks = w.reshape(rows, k // block, block)
+            idx = blocks.abs().argmax(-1, keepdim=True)
+            scale = blocks.gather(-1, idx) / qmin
+            scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+            q = torch.clamp(torch.round(blocks / scale), qmin, qmax)
+            deq = (q * scale).reshape(rows, k)
+            if module is head_module and module.weight is model.get_input_embeddings().weight:
+                module.weight = torch.nn.Parameter(deq.to(module.weight.dtype))  # untie: embeddings stay float
+            else:
+                module.weight.data.copy_(deq)
