@@ -115,3 +115,20 @@ def test_bad_requests_are_one_line_errors(args, expect):
     with pytest.raises(QuantizationError, match=expect.replace("(", r"\(").replace(")", r"\)")) as exc:
         resolve_quant(*args)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("name", ["w8a8", "w4a16"])
+def test_row_blocks_change_nothing(name, monkeypatch):
+    """The search runs a block of rows at a time (memory); any block size gives the same scales and weights."""
+    from prunenet.quantization import numerics
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(301, 128, generator=g) * torch.rand(301, 1, generator=g)
+    group = 32 if SCHEMES[name].grouped else None
+    whole = compute_scales(w, SCHEMES[name], group), fake_quantize(w, SCHEMES[name], group)
+    monkeypatch.setattr(numerics, "ROW_BLOCK", 7)  # 301 rows: 43 blocks, the last one short
+    blocked = compute_scales(w, SCHEMES[name], group), fake_quantize(w, SCHEMES[name], group)
+    assert torch.equal(whole[0], blocked[0]) and torch.equal(whole[1], blocked[1])
+    in_place = w.clone()
+    numerics.fake_quantize_(in_place, SCHEMES[name], group)
+    assert torch.equal(in_place, whole[1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prunenet.quantization.numerics import fake_quantize, fake_quantize_activations
+from prunenet.quantization.numerics import fake_quantize_, fake_quantize_activations
 from prunenet.quantization.schemes import QuantSpec
 
 __all__ = ["fake_quantize_layer_", "quantize_inputs_"]
@@ -17,7 +17,7 @@ def fake_quantize_layer_(module: torch.nn.Module, prefix: str, linears: set[str]
     round trip; the same rounding the writer stores."""
     for name, param in module.named_parameters():
         if prefix + name in linears:
-            param.copy_(fake_quantize(param, spec.info, spec.group, spec.clipping, scale_dtype))
+            fake_quantize_(param.data, spec.info, spec.group, spec.clipping, scale_dtype)
     if spec.info.activations:
         quantize_inputs_(module, prefix, linears, spec.info.activations)
     return module

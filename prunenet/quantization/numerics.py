@@ -14,7 +14,7 @@ import torch
 
 from prunenet.quantization.schemes import QuantScheme
 
-__all__ = ["compute_scales", "quantize", "dequantize", "fake_quantize", "CLIP_GRID"]
+__all__ = ["compute_scales", "quantize", "dequantize", "fake_quantize", "fake_quantize_", "CLIP_GRID", "ROW_BLOCK"]
 
 CLIP_GRID = tuple(1.0 - 0.025 * i for i in range(21))
 """Range shrink factors the MSE search tries (1.0 = min-max, down to 0.5)."""
@@ -43,16 +43,28 @@ def _store(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return scale.clamp_min(_TINY).to(dtype).float()
 
 
+ROW_BLOCK = 256
+"""Rows searched at a time: every row's scales are independent, and small blocks keep the search's
+temporaries (a few copies of the block per clipping factor) in cache instead of a few copies of a
+7B-size matrix per factor."""
+
+
 def compute_scales(w: torch.Tensor, scheme: QuantScheme, group: int | None = None, clipping: str = "mse",
                    scale_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """fp32 scales, shape [N, K/group] ([N, 1] per channel). An all-zero row gets a tiny positive scale."""
+    if clipping not in ("mse", "minmax"):
+        raise ValueError(f"unknown clipping {clipping!r}")
+    return torch.cat([_block_scales(w[i:i + ROW_BLOCK], scheme, group, clipping, scale_dtype)
+                      for i in range(0, w.shape[0], ROW_BLOCK)])
+
+
+def _block_scales(w: torch.Tensor, scheme: QuantScheme, group: int | None, clipping: str,
+                  scale_dtype: torch.dtype) -> torch.Tensor:
     g = _grouped(w, group if scheme.grouped else None)
     amax = g.abs().amax(dim=-1)
     best = _store(amax / scheme.qmax, scale_dtype)
     if clipping == "minmax" or scheme.kind == "float":
         return best
-    if clipping != "mse":
-        raise ValueError(f"unknown clipping {clipping!r}")
     best_err = _error(g, best, scheme)
     for factor in CLIP_GRID[1:]:
         scale = _store(amax * factor / scheme.qmax, scale_dtype)
@@ -86,8 +98,21 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.
 def fake_quantize(w: torch.Tensor, scheme: QuantScheme, group: int | None = None, clipping: str = "mse",
                   scale_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The weight a reader of the quantized checkpoint reconstructs, in ``w``'s dtype."""
-    scale = compute_scales(w, scheme, group, clipping, scale_dtype)
-    return dequantize(quantize(w, scale, scheme), scale, w.dtype)
+    return fake_quantize_(w.clone(), scheme, group, clipping, scale_dtype)
+
+
+@torch.no_grad()
+def fake_quantize_(w: torch.Tensor, scheme: QuantScheme, group: int | None = None, clipping: str = "mse",
+                   scale_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """:func:`fake_quantize` in place, :data:`ROW_BLOCK` rows at a time: the self-check rounds a 7B
+    layer's weights without a full-size temporary per step."""
+    if clipping not in ("mse", "minmax"):
+        raise ValueError(f"unknown clipping {clipping!r}")
+    for i in range(0, w.shape[0], ROW_BLOCK):
+        rows = w[i:i + ROW_BLOCK]
+        scale = _block_scales(rows, scheme, group, clipping, scale_dtype)
+        rows.copy_(dequantize(quantize(rows, scale, scheme), scale, w.dtype))
+    return w
 
 
 def fake_quantize_activations(x: torch.Tensor, kind: str) -> torch.Tensor:
