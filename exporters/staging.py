@@ -12,8 +12,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from prunenet import interrupts
 from prunenet.errors import OutputExistsError
+from prunenet.interrupts import check as check_interrupts
 
 __all__ = ["staged_output", "check_output_dir", "clean_stale_staging"]
 
@@ -68,7 +68,7 @@ def staged_output(out: Path, *, force: bool = False, source: Path | None = None)
     tmp.mkdir()
     try:
         yield tmp
-        interrupts.check()  # a signal some library swallowed still cancels the commit
+        check_interrupts()  # a signal some library swallowed still cancels the commit
         if out.exists():
             old = out.parent / f".{out.name}{_TAG}old-{os.getpid()}"
             os.replace(out, old)

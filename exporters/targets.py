@@ -12,12 +12,12 @@ the names) does not import torch.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prunenet.errors import PruneNetError
+from prunenet.refs import load_ref
 
 __all__ = ["Target", "TARGETS", "DEFAULT_TARGET", "get_target"]
 
@@ -51,21 +51,16 @@ class Target:
     rather than silently written in another dtype."""
 
     def write(self) -> Callable[..., dict[str, Any]]:
-        return _resolve(self.writer)
+        return load_ref(self.writer)
 
     def finalizer(self) -> Callable[..., Any] | None:
-        return _resolve(self.finalize) if self.finalize else None
+        return load_ref(self.finalize) if self.finalize else None
 
     def score(self) -> Callable[..., Any] | None:
-        return _resolve(self.scorer) if self.scorer else None
+        return load_ref(self.scorer) if self.scorer else None
 
     def check_quant(self) -> Callable[..., Any] | None:
-        return _resolve(self.quant_check) if self.quant_check else None
-
-
-def _resolve(path: str) -> Callable[..., Any]:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+        return load_ref(self.quant_check) if self.quant_check else None
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (

@@ -78,7 +78,7 @@ def trace(model, layout: CacheLayout, model_type: str | None):
     """torch.onnx.export(dynamo=True) -> ONNXProgram; failures become one line naming the failing piece."""
     import torch
 
-    from prunenet import interrupts
+    from prunenet.interrupts import check as check_interrupts
 
     wrapper = flat_cache_module(model, layout)
     args = _sample_inputs(model, layout)
@@ -87,14 +87,14 @@ def trace(model, layout: CacheLayout, model_type: str | None):
         with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(_NullWriter()), \
                 quiet_loggers("onnx_ir", "onnxscript", "torch.onnx", level=logging.ERROR), \
                 quiet_loggers("torch._subclasses.fake_tensor", level=logging.CRITICAL):
-            # fake-tensor propagation logs (and swallows) a Ctrl-C with a stack dump; interrupts.check re-raises
+            # fake-tensor propagation logs (and swallows) a Ctrl-C with a stack dump; check_interrupts re-raises
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 wrapper, (*args[:3], args[3]), dynamo=True, opset_version=OPSET,
                 dynamic_shapes=_dynamic_shapes(layout), input_names=names,
                 output_names=["logits", *layout.present_names()], optimize=True, verbose=False,
             )
-        interrupts.check()
+        check_interrupts()
         return program
     except Exception as exc:  # torch raises many types; the user needs the root cause in one line
         raise OnnxExportError(f"ONNX export of {model_type} failed: {_root_cause(exc)}") from exc

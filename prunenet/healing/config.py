@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from prunenet.errors import PruneNetError
+from prunenet.refs import load_ref
 
 __all__ = ["HealConfig", "HealMode", "HEAL_MODES", "MODES"]
 
@@ -18,10 +19,7 @@ class HealMode:
     """``"module:function"`` with the signature of :func:`~prunenet.healing.end_to_end.heal_end_to_end`."""
 
     def run(self):
-        import importlib
-
-        module, _, name = self.runner.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return load_ref(self.runner)
 
 
 HEAL_MODES: dict[str, HealMode] = {m.name: m for m in (

@@ -58,12 +58,13 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     target = get_target(req.target)
     source = resolve_model(req.model)
     check_output_dir(req.out, force=req.force, source=source.path)  # fail before any training
-    compute = Compute.for_checkpoint(cfg.device, source.path)
+    ckpt = Checkpoint(source.path)
+    compute = Compute.resolve(cfg.device, ckpt.dtype)
     _check_dtype(target, req.dtype, compute)
-    cfg, quant = _prepare_quant(target, req, cfg, source.path)
+    cfg, quant = _prepare_quant(target, req, cfg, source.path, ckpt.config)
     scored = req.evaluate and target.quality_report
     # before any long step: refuse what cannot fit, write nothing
-    check_memory(Checkpoint(source.path), cfg, evaluate=scored, compute=compute, planning=req.plan is None,
+    check_memory(ckpt, cfg, evaluate=scored, compute=compute, planning=req.plan is None,
                  heal=req.heal, validate=req.validate)
     phases = PhaseLog()
     result = _make_plan(req, cfg, source, compute, phases)
@@ -109,13 +110,11 @@ def _check_dtype(target, dtype: str, compute) -> None:
                             f"{dtype}; drop --dtype, use --quant for smaller weights, or --device cuda")
 
 
-def _prepare_quant(target, req: ExportRequest, cfg, source: Path):
+def _prepare_quant(target, req: ExportRequest, cfg, source: Path, config: dict):
     """``(cfg, quant)``: the scheme checked before any work and the width step its kernels need; a target
     that quantizes in its own format checks the request by its own rules instead."""
     if target.quant_check is not None:
-        from prunenet.source.checkpoint import Checkpoint
-
-        target.check_quant()(Checkpoint(source).config, req.quant, req.quant_group, cfg.align, cfg.device)
+        target.check_quant()(config, req.quant, req.quant_group, cfg.align, cfg.device)
         return cfg, None
     from prunenet.quantization.request import prepare_quant
 
@@ -137,7 +136,7 @@ def _write(target, source, plan, stage: Path, req: ExportRequest, compute, heali
 
     healed_dir = healing.weights.root if healing is not None else None
     export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=str(compute.device),
-                              dtype=_output_dtype(req.dtype, source), healed=healed_dir, quant=quant,
+                              dtype=_output_dtype(req.dtype, source, compute.stored), healed=healed_dir, quant=quant,
                               scheme=req.quant, group=req.quant_group)
     report = target.write()(source.path, plan, stage, export_cfg)
     if healed_dir is not None:
@@ -200,14 +199,12 @@ def _reference_rows(source: Path) -> list:
     return [w.reshape(1, -1) for w in windows]
 
 
-def _output_dtype(requested: str, source) -> str:
-    """``--dtype auto``: keep the source's dtype, except that a GGUF-dequantized fp32 source is written in
-    bfloat16 (its fp32 weights carry no more information than the quantized file; half the bytes)."""
+def _output_dtype(requested: str, source, stored) -> str:
+    """``--dtype auto``: keep the source's dtype (``stored``), except that a GGUF-dequantized fp32 source is
+    written in bfloat16 (its fp32 weights carry no more information than the quantized file; half the bytes)."""
     if requested != "auto":
         return requested
-    from prunenet.source.checkpoint import Checkpoint
-
-    return "bfloat16" if source.dequantized else str(Checkpoint(source.path).dtype).removeprefix("torch.")
+    return "bfloat16" if source.dequantized else str(stored).removeprefix("torch.")
 
 
 def _saved_plan(path: Path, source: Path):
