@@ -1,8 +1,8 @@
 """Quality benchmark: methods x ratios x allocations on one model, dense vs pruned on the same tokens.
 
 Every variant is sliced in memory from the dense weights and scored against the dense model's cached
-predictions on two texts: the bundled reference text (ordinary English neither we nor the model wrote;
-see ``prunenet.texts.SOURCE``) and text the dense model generates itself. Trained methods are trained
+predictions on the bundled texts of every genre (ordinary English neither we nor the model wrote;
+see ``prunenet.texts.BUNDLED``) and on text the dense model generates itself. Trained methods are trained
 once at ``--train-ratio`` and the same policy prunes every ratio ("prune once"); ``--prune-once-check``
 also trains the default method at each ratio to measure what reuse costs.
 
@@ -25,7 +25,7 @@ from prunenet.planning.planner import PruneConfig, make_plan
 from prunenet.policy.network import save_policy
 from prunenet.source.loaders import load_causal_lm, load_tokenizer
 from prunenet.source.resolve import resolve_model
-from prunenet.texts import SOURCE, reference_text, self_generated_text
+from prunenet.texts import BUNDLED, GENRES, genre_text, self_generated_text
 
 VARIANTS = [  # (label, method, self_data)
     ("random", "random", 0),
@@ -46,17 +46,16 @@ def main() -> None:
     ap.add_argument("--train-ratio", type=float, default=0.3)
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--self-tokens", type=int, default=2048, help="self-data tokens of the self-data variant")
-    ap.add_argument("--text", default="default", choices=["default", "full"])
+    ap.add_argument("--full", action="store_true", help="score the whole bundled texts, not their quick slices")
     ap.add_argument("--prune-once-check", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     source = resolve_model(args.model)
     model, tok = load_causal_lm(source.path), load_tokenizer(source.path)
-    refs = {
-        "reference": DenseReference(model, token_windows(tok, reference_text(args.text), seq_len=512)),
-        "self": DenseReference(model, token_windows(tok, self_generated_text(model, tok, 8, 200, seed=1234),
-                                                    seq_len=256)),
-    }
+    refs = {genre: DenseReference(model, token_windows(tok, genre_text(genre, args.full), seq_len=512))
+            for genre in GENRES}
+    refs["self"] = DenseReference(model, token_windows(tok, self_generated_text(model, tok, 8, 200, seed=1234),
+                                                       seq_len=256))
     rows: list[dict] = []
     args.out.mkdir(parents=True, exist_ok=True)
     texts: dict[int, list] = {}  # one self-text per token count, shared by every plan that uses it
@@ -89,7 +88,7 @@ def main() -> None:
                 rows.append(_score(refs, result.plan, "prunenet (self-data), trained at this ratio", "sensitivity",
                                    ratio, 0.0, reused=False))
                 print(_line(rows[-1]), flush=True)
-    meta = {"model": source.name, "text": SOURCE, "text_slice": args.text, "episodes": args.episodes,
+    meta = {"model": source.name, "texts": BUNDLED, "full_texts": args.full, "episodes": args.episodes,
             "train_ratio": args.train_ratio, "dense_ppl": {k: r.ppl for k, r in refs.items()},
             "tokens": {k: sum(w.numel() - 1 for w in r.windows) for k, r in refs.items()}}
     (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -107,24 +106,24 @@ def _score(refs, plan, label, allocation, ratio, seconds, reused) -> dict:
 
 
 def _line(row: dict) -> str:
-    r, s = row["reference"], row["self"]
-    return (f"{row['variant']:<28} {row['allocation']:<11} {row['ratio']:.1f}  ref ppl {r['ppl']:8.1f} "
-            f"KL {r['kl']:.3f} top1 {r['top1']:.3f} | self ppl {s['ppl']:8.1f} KL {s['kl']:.3f}")
+    scores = " | ".join(f"{name} ppl x{row[name]['ppl_ratio']:.2f} KL {row[name]['kl']:.3f}"
+                        for name in (*GENRES, "self"))
+    return f"{row['variant']:<28} {row['allocation']:<11} {row['ratio']:.1f}  {scores}"
 
 
 def to_markdown(rows: list[dict], meta: dict) -> str:
+    names = (*GENRES, "self")
+    dense = ", ".join(f"{meta['dense_ppl'][n]:.2f} on {n} text ({meta['tokens'][n]} tokens)" for n in names)
     lines = [
-        f"Model: {meta['model']}; dense perplexity {meta['dense_ppl']['reference']:.2f} on the reference text "
-        f"({meta['tokens']['reference']} tokens), {meta['dense_ppl']['self']:.2f} on self-generated text "
-        f"({meta['tokens']['self']} tokens).",
+        f"Model: {meta['model']}; dense perplexity {dense}.",
         "",
-        "| method | allocation | ratio | ppl (x dense) | KL | top-1 | self-text ppl (x dense) | self-text KL |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| method | allocation | ratio | " + " | ".join(f"{n} ppl (x dense) | {n} KL" for n in names) + " | fiction top-1 |",
+        "|---|---|---:|" + "---:|" * (2 * len(names) + 1),
     ]
     for row in rows:
-        r, s = row["reference"], row["self"]
-        lines.append(f"| {row['variant']} | {row['allocation']} | {row['ratio']} | {r['ppl']:.1f} (x{r['ppl_ratio']:.2f}) "
-                     f"| {r['kl']:.3f} | {r['top1']:.3f} | {s['ppl']:.1f} (x{s['ppl_ratio']:.2f}) | {s['kl']:.3f} |")
+        cells = " | ".join(f"{row[n]['ppl']:.1f} (x{row[n]['ppl_ratio']:.2f}) | {row[n]['kl']:.3f}" for n in names)
+        lines.append(f"| {row['variant']} | {row['allocation']} | {row['ratio']} | {cells} | "
+                     f"{row[next(iter(GENRES))]['top1']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

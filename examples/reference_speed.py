@@ -1,6 +1,7 @@
 """Engine speed and memory vs the authors' own package (efficient-pruners 0.1.0), same model and settings.
 
-Both prune the default model (SmolLM2-135M) at ratio 0.3 with 20 episodes, each in its own
+Both prune the default model (SmolLM2-135M) at ratio 0.3 with 20 episodes: ours as the export command
+with every default (``--no-eval``) and as the paper's method alone, each in its own
 subprocess so wall time and peak RSS are measured the same way. The two sides alternate (ours,
 reference, ours, reference, ...) so a machine that gets busier or quieter during the run biases
 neither; the result takes each side's median. Every measurement is printed as it finishes, and a
@@ -9,7 +10,8 @@ installed with ``pip install --no-deps`` (plus scipy) into a throwaway directory
 project venv; it picks the architecture by the substring "llama" in the model path, so it gets a
 symlink named so.
 
-    python examples/reference_speed.py [--episodes 20] [--ratio 0.3] [--rounds 2] [--timeout 3600]
+    python examples/reference_speed.py [--ours defaults prunenet-paper] [--episodes 20] [--ratio 0.3]
+        [--rounds 2] [--timeout 3600]
 """
 
 from __future__ import annotations
@@ -97,12 +99,39 @@ def _summary(runs: list[dict]) -> dict:
     return out
 
 
+def _ours(name: str, model: Path, args: argparse.Namespace, tmp: Path) -> list[str]:
+    """Our side: ``defaults`` is the export command with every default (``--no-eval``: the reference has no
+    report); any other name is that planning method alone, like the reference's ``fit`` + ``compress``."""
+    if name == "defaults":
+        exe = Path(sys.executable).with_name("prunenet-export")
+        return [str(exe), "--model", str(model), "--ratio", str(args.ratio), "--episodes", str(args.episodes),
+                "--no-eval", "--force", "--out", str(tmp / "out")]
+    return [sys.executable, "-c", _OURS, str(model), str(args.ratio), str(args.episodes), name]
+
+
+def _compare(ours: dict, ref: dict, runs: list[dict], episodes: int) -> dict:
+    """Speed-up and memory ratio of one of our sides against the reference (bounds when it was stopped)."""
+    out: dict = {}
+    ref_s, ref_mb = ref.get("seconds", ref.get("seconds_at_least")), ref.get("peak_rss_mb", ref.get("peak_rss_mb_at_least"))
+    if "seconds" not in ours or ref_s is None:
+        return out
+    bound = "" if "seconds" in ref else "_at_least"
+    out["speedup" + bound] = round(ref_s / ours["seconds"], 2)
+    out["memory_ratio" + ("" if "seconds" in ref else "_at_most")] = round(ours["peak_rss_mb"] / ref_mb, 3)
+    paced = [r["seconds"] * episodes / r["episodes_done"] for r in runs if r.get("episodes_done")]
+    if "seconds" not in ref and paced:  # stopped runs: their pace per finished episode, over every episode
+        out["speedup_projected"] = round(statistics.median(paced) / ours["seconds"], 1)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--ratio", type=float, default=0.3)
-    ap.add_argument("--method", default="prunenet-paper", help="our method to time (same reward as the reference)")
-    ap.add_argument("--rounds", type=int, default=2, help="alternations of (ours, reference)")
+    ap.add_argument("--ours", nargs="+", default=["defaults", "prunenet-paper"],
+                    help="our sides: 'defaults' (prunenet-export, every default, --no-eval) and/or planning "
+                         "methods timed alone (prunenet-paper has the reference's reward)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations of (ours..., reference)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="stop one run after this many seconds")
     args = ap.parse_args()
     if args.rounds < 1 or args.episodes < 1 or args.timeout <= 0:
@@ -111,7 +140,7 @@ def main() -> int:
 
     model = resolve_model(None).path
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "HF_HUB_OFFLINE": "1"}
-    runs: dict[str, list[dict]] = {"ours": [], "reference": []}
+    runs: dict[str, list[dict]] = {**{f"ours:{name}": [] for name in args.ours}, "reference": []}
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp) / "site"
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), REFERENCE,
@@ -119,31 +148,22 @@ def main() -> int:
         link = Path(tmp) / "smollm2-llama"
         link.symlink_to(model)
         for round_ in range(1, args.rounds + 1):
-            sides = {  # a fresh save_dir each round: the reference loads a policy it finds there instead of training
-                "ours": ([sys.executable, "-c", _OURS, str(model), str(args.ratio), str(args.episodes), args.method],
-                         env),
-                "reference": ([sys.executable, "-c", _REFERENCE, str(link), str(args.ratio), str(args.episodes),
-                               str(Path(tmp) / f"ckpt-{round_}")], {**env, "PYTHONPATH": str(site)}),
-            }
+            sides = {f"ours:{name}": (_ours(name, model, args, Path(tmp)), env) for name in args.ours}
+            # a fresh save_dir each round: the reference loads a policy it finds there instead of training
+            sides["reference"] = ([sys.executable, "-c", _REFERENCE, str(link), str(args.ratio), str(args.episodes),
+                                   str(Path(tmp) / f"ckpt-{round_}")], {**env, "PYTHONPATH": str(site)})
             for side, (cmd, side_env) in sides.items():
                 run = _measure(cmd, side_env, args.timeout)
                 runs[side].append(run)
                 print(f"round {round_}/{args.rounds} {side}: {json.dumps(run)}", file=sys.stderr, flush=True)
-    ours, ref = _summary(runs["ours"]), _summary(runs["reference"])
-    result = {"episodes": args.episodes, "ratio": args.ratio, "ours": {"method": args.method, **ours},
-              "reference": {"package": REFERENCE, **ref}}
-    if "seconds" in ours:
-        ref_s, ref_mb = ref.get("seconds", ref.get("seconds_at_least")), ref.get("peak_rss_mb", ref.get("peak_rss_mb_at_least"))
-        if ref_s is not None:
-            bound = "" if "seconds" in ref else "_at_least"
-            result["speedup" + bound] = round(ref_s / ours["seconds"], 2)
-            result["memory_ratio" + ("" if "seconds" in ref else "_at_most")] = round(ours["peak_rss_mb"] / ref_mb, 3)
-        paced = [r["seconds"] * args.episodes / r["episodes_done"] for r in runs["reference"] if r.get("episodes_done")]
-        if "seconds" not in ref and paced:  # stopped runs: their pace per finished episode, over every episode
-            result["reference"]["seconds_projected"] = round(statistics.median(paced), 1)
-            result["speedup_projected"] = round(statistics.median(paced) / ours["seconds"], 1)
+    ref = _summary(runs["reference"])
+    result: dict = {"episodes": args.episodes, "ratio": args.ratio, "reference": {"package": REFERENCE, **ref}}
+    for name in args.ours:
+        ours = _summary(runs[f"ours:{name}"])
+        result[f"ours:{name}"] = {**ours, **_compare(ours, ref, runs["reference"], args.episodes)}
     print(json.dumps(result, indent=1))
-    failed = any("error" in r for side in runs.values() for r in side) or "seconds" not in ours
+    failed = any("error" in r for side in runs.values() for r in side) or any(
+        "seconds" not in result[f"ours:{name}"] for name in args.ours)
     return 1 if failed else 0
 
 

@@ -1,17 +1,20 @@
-"""Evaluation text: a bundled public-domain excerpt, and text the dense model writes itself.
+"""Evaluation text: bundled public-domain excerpts of two genres, and text the dense model writes itself.
 
-Perplexity and KL are only comparable when every variant is scored on the same ordinary
-English that neither we nor the model wrote. The bundled text is Chapter I of *Botchan
-(Master Darling)* by Natsume Soseki, English translation by Yasotaro Morri (1919), public
-domain in the US; about 5.3k SmolLM2 tokens (22 KB). It comes from the PyPI source
-distribution ``sentencepiece==0.2.3`` (Apache-2.0 package; file
-``sentencepiece-0.2.3/test/botchan.txt``, Project Gutenberg EBook #8868), reduced to Chapter I
-with the Project Gutenberg header, licence and trademark removed, hard line wraps undone and
-footnotes dropped. ``prunenet/data/SOURCE.md`` records the exact recipe and checksums.
+Perplexity and KL are only comparable when every variant is scored on the same ordinary English
+that neither we nor the model wrote. Two genres are bundled, so that a plan tuned to one kind of
+text shows what it costs on another (``prunenet/data/SOURCE.md`` records the exact recipes and
+checksums):
 
-A 19th/20th-century translation may be partly memorized by a model trained on web text, which
-lowers its perplexity a little; it does not bias the comparison of a pruned model with its own
-dense source, which is what this text is for.
+* ``fiction``: Chapter I of *Botchan (Master Darling)* by Natsume Soseki, English translation by
+  Yasotaro Morri (1919), public domain in the US; about 5.3k SmolLM2 tokens. From the PyPI source
+  distribution ``sentencepiece==0.2.3`` (Project Gutenberg EBook #8868).
+* ``technical``: the first sixteen sections of SQLite's C API reference, the documentation comments
+  of ``sqlite3.h`` (SQLite is in the public domain), markup and code examples removed; about 5.3k
+  tokens. From the PyPI source distribution ``sqlean.py==3.50.4.5``.
+
+A published text may be partly memorized by a model trained on web text, which lowers its
+perplexity a little; it does not bias the comparison of a pruned model with its own dense source,
+which is what these texts are for.
 
 :func:`self_generated_text` gives the complementary view: samples from the dense model itself
 (fixed prompts and seed), on which the dense model is by construction at home.
@@ -22,40 +25,66 @@ from __future__ import annotations
 from importlib import resources
 
 __all__ = [
+    "BUNDLED",
     "SOURCE",
     "TEXTS",
+    "GENRES",
     "DEFAULT_SLICE_CHARS",
     "PROMPTS",
     "reference_text",
+    "genre_text",
     "document_start_id",
     "self_generated_text",
 ]
 
-SOURCE = {
-    "title": "Botchan (Master Darling), Chapter I",
-    "author": "Natsume Soseki (Kin-nosuke Natsume), tr. Yasotaro Morri, rev. J. R. Kennedy, 1919",
-    "licence": "public domain (US); Project Gutenberg header, licence and trademark removed",
-    "package": "sentencepiece==0.2.3 (PyPI source distribution, Apache-2.0)",
-    "file": "sentencepiece-0.2.3/test/botchan.txt (Project Gutenberg EBook #8868)",
-    "file_sha256": "464bd5300c24fce16fcc4555d4231a57632caae4d0090ad6aa92854a3b227ba7",
-    "bundled": "prunenet/data/botchan-ch1.txt",
-    "bundled_sha256": "d5016ddf5f581f113ca3f429056f9164c4a747155a8940df7456784878d49763",
+BUNDLED: dict[str, dict[str, str]] = {
+    "fiction": {
+        "title": "Botchan (Master Darling), Chapter I",
+        "author": "Natsume Soseki (Kin-nosuke Natsume), tr. Yasotaro Morri, rev. J. R. Kennedy, 1919",
+        "licence": "public domain (US); Project Gutenberg header, licence and trademark removed",
+        "package": "sentencepiece==0.2.3 (PyPI source distribution, Apache-2.0)",
+        "file": "sentencepiece-0.2.3/test/botchan.txt (Project Gutenberg EBook #8868)",
+        "file_sha256": "464bd5300c24fce16fcc4555d4231a57632caae4d0090ad6aa92854a3b227ba7",
+        "bundled": "prunenet/data/botchan-ch1.txt",
+        "bundled_sha256": "d5016ddf5f581f113ca3f429056f9164c4a747155a8940df7456784878d49763",
+    },
+    "technical": {
+        "title": "SQLite C API reference, first sixteen sections (sqlite3.h documentation comments)",
+        "author": "the SQLite developers, SQLite 3.50.4",
+        "licence": "public domain (the authors disclaim copyright); markup and code examples removed",
+        "package": "sqlean.py==3.50.4.5 (PyPI source distribution)",
+        "file": "sqlean_py-3.50.4.5/sqlite/sqlite3.h",
+        "file_sha256": "abd1514e0351f79393d1be882830afdb40a8099e8257f311f0bfdf8486f11bea",
+        "bundled": "prunenet/data/sqlite-capi.txt",
+        "bundled_sha256": "02f5e0469c274f6252a4dbfaa06e50a7a3bf8addbbf5f2a4d996dba8eb181dd8",
+    },
 }
-"""Where the bundled reference text comes from, exactly."""
+"""Where each bundled evaluation text comes from, exactly, by genre."""
 
-_FILE = "botchan-ch1.txt"
+SOURCE = BUNDLED["fiction"]
+"""The main evaluation text (``default`` / ``full``)."""
+
 DEFAULT_SLICE_CHARS = 8000
-"""The quick ``default`` slice: whole leading paragraphs up to this many characters (~1.5k tokens)."""
+"""A quick slice: whole leading paragraphs up to this many characters (~1.5k tokens)."""
 
-TEXTS = ("default", "full")
-"""Names accepted by :func:`reference_text`."""
+TEXTS: dict[str, tuple[str, bool]] = {
+    "default": ("fiction", False),
+    "full": ("fiction", True),
+    "technical": ("technical", False),
+    "technical-full": ("technical", True),
+}
+"""Names accepted by :func:`reference_text`: ``name -> (genre, whole text)``."""
+
+GENRES: dict[str, str] = {"fiction": "default", "technical": "technical"}
+"""The genres every quality report scores, and the quick text each is scored on."""
 
 PROMPTS = ("The", "In", "Once upon a time", "Here is", "I think", "A", "It was", "We")
 """Neutral short prompts the self-generated samples start from (cycled)."""
 
 
-def _full_text() -> str:
-    return resources.files("prunenet").joinpath("data", _FILE).read_text(encoding="utf-8")
+def _full_text(genre: str = "fiction") -> str:
+    name = BUNDLED[genre]["bundled"].rsplit("/", 1)[-1]
+    return resources.files("prunenet").joinpath("data", name).read_text(encoding="utf-8")
 
 
 def _leading_paragraphs(text: str, max_chars: int) -> str:
@@ -71,11 +100,20 @@ def _leading_paragraphs(text: str, max_chars: int) -> str:
 
 
 def reference_text(name: str = "default") -> str:
-    """The bundled reference text: ``default`` (~1.5k tokens, quick) or ``full`` (~5.3k tokens)."""
+    """A bundled text by name (:data:`TEXTS`): ``default`` (fiction, ~1.5k tokens, quick), ``full`` (~5.3k),
+    ``technical`` (~1.9k) or ``technical-full`` (~5.3k)."""
     if name not in TEXTS:
         raise ValueError(f"unknown reference text {name!r}; choose one of {', '.join(TEXTS)}")
-    text = _full_text()
-    return text if name == "full" else _leading_paragraphs(text, DEFAULT_SLICE_CHARS)
+    genre, whole = TEXTS[name]
+    text = _full_text(genre)
+    return text if whole else _leading_paragraphs(text, DEFAULT_SLICE_CHARS)
+
+
+def genre_text(genre: str, whole: bool = False) -> str:
+    """A bundled genre's text (:data:`BUNDLED`): its quick slice, or all of it."""
+    if genre not in BUNDLED:
+        raise ValueError(f"unknown genre {genre!r}; choose one of {', '.join(BUNDLED)}")
+    return reference_text(next(n for n, (g, w) in TEXTS.items() if g == genre and w == whole))
 
 
 def document_start_id(tokenizer) -> int | None:

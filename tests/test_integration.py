@@ -31,6 +31,13 @@ def test_quality_report_is_sane_and_better_than_random(exported, default_model):
     q = result["quality"]
     assert q["dense_ppl"] < q["pruned_ppl"] < 4 * q["dense_ppl"]
     assert 0 < q["kl"] < 1.5 and q["top1_agreement"] > 0.35
+    from prunenet.texts import GENRES
+
+    genres = q["genres"]  # every bundled genre is scored; the headline is the first one's report
+    assert list(genres) == list(GENRES) and genres["fiction"]["kl"] == q["kl"]
+    tech = genres["technical"]
+    assert tech["n_tokens"] > 1000 and tech["dense_ppl"] < tech["pruned_ppl"] and 0 < tech["kl"] < 2
+    assert tech["dense_ppl"] != q["dense_ppl"]
     from prunenet.evaluation.reference import DenseReference
     from prunenet.evaluation.windows import token_windows
     from prunenet.planning.planner import PruneConfig, make_plan

@@ -21,7 +21,7 @@ from prunenet.evaluation.reference import DenseReference, compare_models, pruned
 from prunenet.evaluation.report import EvalInputError
 from prunenet.evaluation.windows import split_windows, token_windows
 from prunenet.source.loaders import load_causal_lm
-from prunenet.texts import SOURCE, reference_text, self_generated_text
+from prunenet.texts import BUNDLED, GENRES, SOURCE, TEXTS, genre_text, reference_text, self_generated_text
 
 VOCAB = 512  # tests/tiny_models.py
 
@@ -117,6 +117,23 @@ def test_reference_text_is_the_recorded_excerpt():
         reference_text("wikitext")
 
 
+def test_every_genre_is_its_recorded_excerpt():
+    """Each report genre names a bundled file whose checksum is recorded, and its quick text is a slice of it."""
+    assert set(GENRES) == set(BUNDLED) and "fiction" in GENRES
+    for genre, name in GENRES.items():
+        data = Path(__file__).parents[1] / BUNDLED[genre]["bundled"]
+        assert hashlib.sha256(data.read_bytes()).hexdigest() == BUNDLED[genre]["bundled_sha256"]
+        whole = [n for n, (g, w) in TEXTS.items() if g == genre and w]
+        assert len(whole) == 1 and reference_text(whole[0]) == data.read_text(encoding="utf-8")
+        assert genre_text(genre, whole=True) == reference_text(whole[0])
+        quick = reference_text(name)
+        assert genre_text(genre) == quick
+        assert data.read_text(encoding="utf-8").startswith(quick.rstrip("\n")) and 4000 < len(quick) <= 8000
+    technical = reference_text("technical-full")
+    assert "sqlite3_open" in technical and not any(c in technical for c in "[]<>^")
+    assert reference_text("technical") != reference_text("default")
+
+
 # --------------------------------------------------------------------------- CLI on a tiny export
 
 
@@ -188,6 +205,19 @@ def test_cli_eval_table_and_text_file(tiny_export, tmp_path):
     result = CliRunner().invoke(main, ["eval", str(tiny_export), "--text", str(text), "--reference", str(ref)])
     assert result.exit_code == 0, result.output
     assert "perplexity" in result.stdout and "KL" in result.stdout and "notes.txt" in result.stdout
+
+
+def test_cli_eval_scores_the_bundled_technical_text(tiny_export):
+    ref = str(tiny_export.parent / "dense")
+    runs = {name: CliRunner().invoke(main, ["eval", str(tiny_export), "--text", name, "--reference", ref, "--json"])
+            for name in ("default", "technical")}
+    data = {}
+    for name, result in runs.items():
+        assert result.exit_code == 0, result.output
+        data[name] = json.loads(result.stdout)
+    assert data["technical"]["meta"]["text"] == "reference (technical)"
+    assert data["technical"]["n_tokens"] != data["default"]["n_tokens"]
+    assert data["technical"]["dense_ppl"] != data["default"]["dense_ppl"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -202,6 +202,24 @@ def test_reference_speed_records_failures_and_stopped_runs():
     assert summary["seconds_at_least"] == stopped["seconds"] and len(summary["runs"]) == 4
 
 
+def test_reference_speed_compares_each_of_our_sides(tmp_path):
+    """Every side of ours gets its own ratios against the reference; a stopped reference gives bounds."""
+    import argparse
+
+    rs = _load_example("reference_speed")
+    args = argparse.Namespace(ratio=0.3, episodes=20)
+    cli = rs._ours("defaults", tmp_path / "m", args, tmp_path)
+    assert Path(cli[0]).name == "prunenet-export" and "--no-eval" in cli and cli[cli.index("--episodes") + 1] == "20"
+    assert rs._ours("prunenet-paper", tmp_path / "m", args, tmp_path)[-1] == "prunenet-paper"
+    done = rs._compare({"seconds": 10.0, "peak_rss_mb": 500.0}, {"seconds": 80.0, "peak_rss_mb": 2000.0}, [], 20)
+    assert done == {"speedup": 8.0, "memory_ratio": 0.25}
+    stopped = [{"seconds": 100.0, "stopped_after_timeout": True, "episodes_done": 5}]
+    bound = rs._compare({"seconds": 10.0, "peak_rss_mb": 500.0},
+                        {"seconds_at_least": 100.0, "peak_rss_mb_at_least": 1000.0}, stopped, 20)
+    assert bound == {"speedup_at_least": 10.0, "memory_ratio_at_most": 0.5, "speedup_projected": 40.0}
+    assert rs._compare({"runs": []}, {"seconds": 1.0, "peak_rss_mb": 1.0}, [], 20) == {}
+
+
 def test_timed_run_measures_and_reports_failure(tmp_path):
     cmd = [sys.executable, "-c", "import time; b = bytearray(200 << 20); time.sleep(1.5); print('{\"x\": 2}')"]
     rc, wall, rss_kb, out, _ = sb.timed_run(cmd, tmp_path / "ok", timeout=60)

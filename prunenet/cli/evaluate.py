@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from prunenet.texts import TEXTS
+
 from .common import emit_json, handle_errors, setup_output, verbosity_options
 
-BUILTIN_TEXTS = ("default", "full", "self")
+BUILTIN_TEXTS = (*TEXTS, "self")
 
 
 def _read_text(value: str) -> tuple[str | None, str, bool]:
@@ -37,9 +39,10 @@ def _read_text(value: str) -> tuple[str | None, str, bool]:
 @click.option("--reference", metavar="SRC", default=None,
               help="Dense model to compare with (directory, .gguf or cached hub id). "
                    "Default: the source recorded in OUT.")
-@click.option("--text", "text", metavar="FILE|default|full|self", default="default", show_default=True,
-              help="Evaluation text: a UTF-8 file; 'default' (~1.5k tokens) or 'full' (~5.3k tokens) of the "
-                   "bundled public-domain text; or 'self' (8 samples the dense model writes itself).")
+@click.option("--text", "text", metavar="FILE|NAME|self", default="default", show_default=True,
+              help="Evaluation text: a UTF-8 file; a bundled public-domain text: 'default' (fiction, ~1.5k "
+                   "tokens), 'full' (~5.3k), 'technical' (SQLite's API reference, ~1.9k), 'technical-full' "
+                   "(~5.3k); or 'self' (8 samples the dense model writes itself).")
 @click.option("--max-tokens", type=click.IntRange(min=2), default=8192, show_default=True,
               help="Use at most this many tokens of the text.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=None,

@@ -119,8 +119,9 @@ def _report(result: dict) -> None:
     console.print(table)
     q = result.get("quality")
     if q:
-        console.print(f"quality: perplexity {q['dense_ppl']:.2f} -> {q['pruned_ppl']:.2f} "
-                      f"(x{q['ppl_ratio']:.2f}), KL {q['kl']:.4f}, top-1 agreement {q['top1_agreement']:.3f}")
+        for genre, g in q.get("genres", {"reference": q}).items():
+            console.print(f"quality ({genre}): perplexity {g['dense_ppl']:.2f} -> {g['pruned_ppl']:.2f} "
+                          f"(x{g['ppl_ratio']:.2f}), KL {g['kl']:.4f}, top-1 agreement {g['top1_agreement']:.3f}")
     h = result.get("healing")
     if h:
         ref = (f", reference text KL {h['reference_before']['kl']:.4f} -> {h['reference_after']['kl']:.4f}"

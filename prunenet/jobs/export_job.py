@@ -219,11 +219,20 @@ def _saved_plan(path: Path, source: Path):
     return PlanResult(plan)
 
 
-def _quality(out: Path, source: Path, compute, unquantized=None) -> dict[str, Any]:
-    """The report; for a quantized export, the same plan unquantized beside it (quantization's own share)."""
-    from prunenet.evaluation.directories import evaluate_dirs
+GENRE_KEYS = ("n_tokens", "dense_ppl", "pruned_ppl", "ppl_ratio", "kl", "top1_agreement")
+"""What the report keeps of each genre's score (``quality["genres"]``)."""
 
-    quality = evaluate_dirs(out, source, device=str(compute.device)).to_dict()
+
+def _quality(out: Path, source: Path, compute, unquantized=None) -> dict[str, Any]:
+    """The report on every bundled genre (the first genre's in full at the top level); for a quantized export,
+    the same plan unquantized beside it (quantization's own share)."""
+    from prunenet.evaluation.directories import evaluate_dirs
+    from prunenet.texts import GENRES, reference_text
+
+    reports = {genre: evaluate_dirs(out, source, text=reference_text(name), text_name=f"{genre} ({name})",
+                                    device=str(compute.device)).to_dict() for genre, name in GENRES.items()}
+    quality = dict(next(iter(reports.values())))  # the first genre's report is the headline
+    quality["genres"] = {genre: {k: r[k] for k in GENRE_KEYS} for genre, r in reports.items()}
     if unquantized is not None:
         from prunenet.evaluation.unquantized import evaluate_plan
 
