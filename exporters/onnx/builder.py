@@ -11,8 +11,9 @@ the shipped modeling file.
 
 The builder annotates every FFN intermediate value with ``config.intermediate_size`` (the widest
 layer); ORT's strict shape inference refuses those annotations on narrower layers, so they are
-removed. The builder always writes an external data file; the graph is re-saved as one file unless
-its weights pass :data:`EXTERNAL_DATA_BYTES` (protobuf caps a file at 2 GiB).
+removed. 4-bit weights get MSE-clipped scales instead of the builder's round-to-nearest
+(:mod:`exporters.onnx.nbits`). The builder always writes an external data file; the graph is
+re-saved as one file unless its weights pass :data:`EXTERNAL_DATA_BYTES` (protobuf caps a file at 2 GiB).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.onnx.families import BUILDER_FAMILIES
+from exporters.onnx.nbits import mse_int4_scales
 from exporters.onnx.optimize import quiet_loggers
 from exporters.onnx.quant import OnnxOptions
 from prunenet.arch import ARCH_SPECS
@@ -69,13 +71,19 @@ def build_graph(hf_dir: Path, out_dir: Path, *, precision: str, device: str, blo
         if not options.quantize_head:
             extra.append("nodes_to_exclude=/lm_head/MatMul")
     ep = "cuda" if device.startswith("cuda") else "cpu"
+    mse = precision == "int4"
     try:
-        _run_builder(view, out_dir, precision, ep, cache, extra)
+        with mse_int4_scales(block) if mse else contextlib.nullcontext({}) as written:
+            _run_builder(view, out_dir, precision, ep, cache, extra)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if mse and not written["mse"]:  # the builder no longer quantizes through ORT's blockwise quantizer
+        raise OnnxBuildError("onnxruntime-genai's model builder wrote int4 weights without ONNX Runtime's "
+                             "blockwise quantizer: the MSE scales were not applied")
     external = _strip_and_save(out_dir / GRAPH_FILE)
+    scales = "mse" if mse else ("rtn" if block is not None else None)
     return {"builder": "onnxruntime-genai model builder", "precision": precision, "execution_provider": ep,
-            "block_size": block, "external_data": external, "builder_options": extra}
+            "block_size": block, "scales": scales, "external_data": external, "builder_options": extra}
 
 
 def _make_view(hf_dir: Path, view: Path, config: dict[str, Any]) -> None:

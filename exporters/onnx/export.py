@@ -154,7 +154,7 @@ def _validate(hf_dir: Path, out_dir: Path, config: dict[str, Any], report: dict[
 
         bits = int(report["precision"].removeprefix("int"))
         return validate_quantized(model, out_dir, config, prompts, bits, report["block_size"],
-                                  head=bool(report["quantize_head"]))
+                                  head=bool(report["quantize_head"]), scales=report["scales"])
     return validate_decoding(model, out_dir, config, prompts, report["dtype"], device, genai=report["genai"])
 
 

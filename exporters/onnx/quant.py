@@ -9,8 +9,9 @@ quantized MatMul, or the last block of a row would straddle two rows' worth of p
 checked before any work, against the hidden size, the attention output width and ``--align``
 (every FFN width is a multiple of it).
 
-:func:`fake_quantize_` applies the same symmetric round-to-nearest to a torch model in place, the
-reference an int4/int8 graph is validated against.
+:func:`fake_quantize_` gives a torch model the graph's weights in place (4 bits: the MSE-clipped
+scales of :mod:`exporters.onnx.nbits`; 8 bits: ONNX Runtime's round-to-nearest), the reference an
+int4/int8 graph is validated against.
 """
 
 from __future__ import annotations
@@ -104,30 +105,48 @@ def check_target_quant(config: dict[str, Any], scheme: str, group: int | None, a
     check_request(config, OnnxOptions(quant=scheme, group=group), align, resolve_device(device).type)
 
 
-def fake_quantize_(model: Any, bits: int, block: int, *, head: bool) -> None:
-    """Symmetric round-to-nearest of every decoder Linear (and the head if ``head``), in place.
+def fake_quantize_(model: Any, bits: int, block: int, *, head: bool, scales: str | None = None) -> None:
+    """The graph's weights on every decoder Linear (and the head if ``head``), in place.
 
-    Per output row and block of K inputs: scale = the block's largest-magnitude value / -2^(bits-1),
-    so that value maps to the most negative code, codes clipped to [-2^(bits-1), 2^(bits-1) - 1];
-    this is the rule of ONNX Runtime's blockwise quantizer. Embeddings are left as they are.
+    ``scales`` defaults to the graph's: ``"mse"`` for 4 bits, ``"rtn"`` for 8. ``"mse"`` (the 4-bit
+    graphs, :mod:`exporters.onnx.nbits`): the decoder's weights get the w4a16 MSE-clipped scales of
+    :func:`prunenet.quantization.numerics.fake_quantize`, searched at the weight's precision, and the
+    head ONNX Runtime's round-to-nearest. ``"rtn"`` (8 bits, and the 4-bit head; ONNX Runtime's
+    rule): per output row and block of K inputs, scale = the block's largest-magnitude value
+    / -2^(bits-1), so that value maps to the most negative code, codes clipped to [-2^(bits-1), 2^(bits-1) - 1]. Embeddings are left as they are.
     """
     import torch
 
-    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    from exporters.onnx.nbits import INT4_SCHEME
+    from prunenet.quantization.numerics import fake_quantize
+
+    scales = scales or ("mse" if bits == 4 else "rtn")
+    if scales not in ("mse", "rtn") or (scales == "mse" and bits != 4):
+        raise ValueError(f"no {scales!r} scales for {bits}-bit weights")
     head_module = model.get_output_embeddings()
     with torch.no_grad():
         for module in model.modules():
             if not isinstance(module, torch.nn.Linear) or (module is head_module and not head):
                 continue
-            w = module.weight.data.float()
-            rows, k = w.shape
-            blocks = w.reshape(rows, k // block, block)
-            idx = blocks.abs().argmax(-1, keepdim=True)
-            scale = blocks.gather(-1, idx) / qmin
-            scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-            q = torch.clamp(torch.round(blocks / scale), qmin, qmax)
-            deq = (q * scale).reshape(rows, k)
+            w = module.weight.data
+            if scales == "mse" and module is not head_module:
+                scale_dtype = torch.float16 if w.dtype == torch.float16 else torch.float32
+                deq = fake_quantize(w.float(), INT4_SCHEME, block, "mse", scale_dtype)
+            else:
+                deq = _round_to_nearest(w.float(), bits, block)
             if module is head_module and module.weight is model.get_input_embeddings().weight:
                 module.weight = torch.nn.Parameter(deq.to(module.weight.dtype))  # untie: embeddings stay float
             else:
                 module.weight.data.copy_(deq)
+
+
+def _round_to_nearest(w: Any, bits: int, block: int) -> Any:
+    """ONNX Runtime's symmetric blockwise rule (see :func:`fake_quantize_`), dequantized, [N, K] fp32."""
+    import torch
+
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    rows, k = w.shape
+    blocks = w.reshape(rows, k // block, block)
+    scale = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True)) / qmin
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (torch.clamp(torch.round(blocks / scale), qmin, qmax) * scale).reshape(rows, k)
