@@ -123,7 +123,7 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     for row in rows:
         cells = " | ".join(f"{row[n]['ppl']:.1f} (x{row[n]['ppl_ratio']:.2f}) | {row[n]['kl']:.3f}" for n in names)
         lines.append(f"| {row['variant']} | {row['allocation']} | {row['ratio']} | {cells} | "
-                     f"{row[next(iter(GENRES))]['top1']:.3f} |")
+                     f"{row[GENRES[0]]['top1']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -75,8 +75,8 @@ TEXTS: dict[str, tuple[str, bool]] = {
 }
 """Names accepted by :func:`reference_text`: ``name -> (genre, whole text)``."""
 
-GENRES: dict[str, str] = {"fiction": "default", "technical": "technical"}
-"""The genres every quality report scores, and the quick text each is scored on."""
+GENRES: tuple[str, ...] = ("fiction", "technical")
+"""The genres every quality report scores (:func:`genre_text`), in order; the first is the headline."""
 
 PROMPTS = ("The", "In", "Once upon a time", "Here is", "I think", "A", "It was", "We")
 """Neutral short prompts the self-generated samples start from (cycled)."""

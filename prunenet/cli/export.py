@@ -119,7 +119,7 @@ def _report(result: dict) -> None:
     console.print(table)
     q = result.get("quality")
     if q:
-        for genre, g in q.get("genres", {"reference": q}).items():
+        for genre, g in q["genres"].items():
             console.print(f"quality ({genre}): perplexity {g['dense_ppl']:.2f} -> {g['pruned_ppl']:.2f} "
                           f"(x{g['ppl_ratio']:.2f}), KL {g['kl']:.4f}, top-1 agreement {g['top1_agreement']:.3f}")
     h = result.get("healing")

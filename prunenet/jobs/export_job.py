@@ -226,11 +226,9 @@ GENRE_KEYS = ("n_tokens", "dense_ppl", "pruned_ppl", "ppl_ratio", "kl", "top1_ag
 def _quality(out: Path, source: Path, compute, unquantized=None) -> dict[str, Any]:
     """The report on every bundled genre (the first genre's in full at the top level); for a quantized export,
     the same plan unquantized beside it (quantization's own share)."""
-    from prunenet.evaluation.directories import evaluate_dirs
-    from prunenet.texts import GENRES, reference_text
+    from prunenet.evaluation.directories import evaluate_genres
 
-    reports = {genre: evaluate_dirs(out, source, text=reference_text(name), text_name=f"{genre} ({name})",
-                                    device=str(compute.device)).to_dict() for genre, name in GENRES.items()}
+    reports = {genre: r.to_dict() for genre, r in evaluate_genres(out, source, device=str(compute.device)).items()}
     quality = dict(next(iter(reports.values())))  # the first genre's report is the headline
     quality["genres"] = {genre: {k: r[k] for k in GENRE_KEYS} for genre, r in reports.items()}
     if unquantized is not None:
