@@ -51,11 +51,15 @@ def test_compute_resolves_auto_and_refuses_a_missing_gpu(monkeypatch):
 
 
 def test_fast_bf16_probe_matches_the_cpu_flags():
-    flags = Path("/proc/cpuinfo")
-    if not flags.is_file():
+    from prunenet.cpuinfo import cpu_flags, cpu_name
+
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
         pytest.skip("no /proc/cpuinfo to compare with")
-    words = set(flags.read_text().split())
-    assert dev.cpu_has_fast_bf16() == bool(words & {"avx512_bf16", "amx_bf16"})
+    flags = cpu_flags()
+    assert flags and flags <= set(info.read_text().split()) and cpu_name() in info.read_text()
+    assert ("avx2" in flags) == ("avx2" in info.read_text().split())
+    assert dev.cpu_has_fast_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def test_healing_autocasts_exactly_when_the_teacher_is_narrower():

