@@ -7,12 +7,15 @@ from pathlib import Path
 import click
 
 from exporters.targets import DEFAULT_TARGET, TARGETS
-from prunenet.healing.config import HEAL_MODES, MODES
+from prunenet.healing.config import HEAL_MODES, MODES, HealConfig
 from prunenet.planning.allocation import ALLOCATIONS
 from prunenet.planning.methods import METHODS
 from prunenet.quantization.schemes import QUANT_CHOICES
 
 from .common import emit_json, handle_errors, setup_output, verbosity_options
+
+HEAL = HealConfig()
+"""Healing's defaults, shown by ``--help`` (the options map onto :class:`HealConfig` fields)."""
 
 
 @click.command("export", context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,14 +50,14 @@ from .common import emit_json, handle_errors, setup_output, verbosity_options
               help="padded: zero-pad every layer to the widest (stock architecture).")
 @click.option("--heal/--no-heal", default=False, show_default=True,
               help="Distil the pruned FFNs toward the dense model on text the model writes itself (no user data).")
-@click.option("--heal-tokens", type=click.IntRange(min=1), default=12288, show_default=True,
+@click.option("--heal-tokens", type=click.IntRange(min=1), default=HEAL.tokens, show_default=True,
               help="Self-text tokens generated for healing (1/8 held out for early stopping).")
-@click.option("--heal-steps", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--heal-steps", type=click.IntRange(min=1), default=HEAL.steps, show_default=True,
               help="Most optimizer steps (per block with --heal-mode block); early stopping may end sooner.")
-@click.option("--heal-lr", type=click.FloatRange(min=0, min_open=True), default=4e-4, show_default=True)
-@click.option("--heal-batch", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--heal-lr", type=click.FloatRange(min=0, min_open=True), default=HEAL.lr, show_default=True)
+@click.option("--heal-batch", type=click.IntRange(min=1), default=HEAL.batch, show_default=True,
               help="Self-text sequences per healing step.")
-@click.option("--heal-mode", type=click.Choice(MODES), default="auto", show_default=True,
+@click.option("--heal-mode", type=click.Choice(MODES), default=HEAL.mode, show_default=True,
               help="; ".join(f"{m.name} {m.summary}" for m in HEAL_MODES.values())
                    + f"; auto picks the first that fits ({', '.join(HEAL_MODES)}).")
 @click.option("--quant", type=click.Choice(QUANT_CHOICES), default="none", show_default=True,
