@@ -2,13 +2,17 @@
 
 Some third-party code (e.g. torch.export's fake-tensor propagation) catches ``KeyboardInterrupt``
 and carries on. The handlers here remember the signal, so ``check()`` re-raises it at the points
-where it matters most: before a staged output directory is committed.
+where it matters most: before a staged output directory is committed. A signal that lands inside a
+finalizer (``__del__``, a weakref callback) cannot propagate; Python would print it as an "Exception
+ignored" traceback. While a command runs those are silenced instead: the signal is remembered, and
+``check()`` raises it where it can be handled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 from collections.abc import Iterator
 
 __all__ = ["Terminated", "catching_signals", "check"]
@@ -35,15 +39,26 @@ def check() -> None:
         raise Terminated()
 
 
+def _quiet_unraisable(previous):
+    def hook(unraisable) -> None:
+        if not issubclass(unraisable.exc_type, (KeyboardInterrupt, Terminated)):
+            previous(unraisable)
+
+    return hook
+
+
 @contextlib.contextmanager
 def catching_signals() -> Iterator[None]:
     """Route SIGINT/SIGTERM through the remembering handler for the duration of a command."""
     global _received
     _received = None
     previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = _quiet_unraisable(unraisable)
     try:
         yield
     finally:
         _received = None  # a later command in this process starts clean
+        sys.unraisablehook = unraisable
         for sig, handler in previous.items():
             signal.signal(sig, handler)

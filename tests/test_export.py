@@ -288,6 +288,26 @@ def test_sigkill_mid_write_is_cleaned_by_the_next_run(default_model, tmp_path):
     assert (out / "config.json").is_file() and not any(p.exists() for p in stale)
 
 
+def test_a_signal_inside_a_finalizer_prints_no_traceback_and_still_cancels(monkeypatch, capsys):
+    """A signal that lands in ``__del__`` cannot propagate: Python would print "Exception ignored" with a
+    traceback. Under catching_signals it is silent, and check() still raises it."""
+    import gc
+
+    from prunenet.interrupts import check
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's own, not pytest's
+    with pytest.raises(Terminated), catching_signals():
+        Finalized()
+        gc.collect()
+        check()
+    assert "Traceback" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("sig, expected", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
 def test_a_signal_swallowed_by_a_library_still_cancels_the_commit(tmp_path, sig, expected):
     """torch.export's fake-tensor pass catches Ctrl-C and carries on; the staged output must not appear."""
