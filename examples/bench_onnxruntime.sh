@@ -23,7 +23,8 @@ if [[ -f "$OUT/config.json" ]]; then
   echo "== reusing the export in $OUT"
 else
   echo "== pruning the default model (ratio 0.3) into $OUT"
-  prunenet-export --ratio 0.3 --target hf --out "$OUT"
+  # --no-heal --no-eval: the benchmark measures speed, which healing and the quality report do not change
+  prunenet-export --ratio 0.3 --target hf --no-heal --no-eval --out "$OUT"
 fi
 
 DIRS=("$OUT")
@@ -32,7 +33,7 @@ if [[ -n "$QUANT" ]]; then
     echo "== reusing the $QUANT graph in $OUT-onnx-$QUANT"
   else
     echo "== exporting the pruned model with --quant $QUANT into $OUT-onnx-$QUANT (same plan, no training)"
-    prunenet-export --ratio 0.3 --plan "$OUT/prunenet-plan.json" --target onnx --quant "$QUANT" --no-eval \
+    prunenet-export --ratio 0.3 --plan "$OUT/prunenet-plan.json" --target onnx --quant "$QUANT" --no-eval --no-heal \
       --out "$OUT-onnx-$QUANT"
   fi
   DIRS+=("$OUT-onnx-$QUANT")

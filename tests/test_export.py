@@ -263,7 +263,7 @@ def test_signal_while_writing_the_real_model_leaves_nothing(default_model, tmp_p
     _fingerprinted_plan(default_model).save(tmp_path)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "prunenet.cli.export", "--ratio", "0.3", "--plan", str(tmp_path / PLAN_FILE),
-           "--out", str(out), "--no-eval"]
+           "--out", str(out), "--no-eval", "--no-heal"]
     done = _interrupt_when_staging_appears(cmd, tmp_path, sig, 0.5)
     assert done.returncode == code, done.stderr.decode()[-800:]
     assert not out.exists() and not list(tmp_path.glob(".out*"))
@@ -278,7 +278,7 @@ def test_sigkill_mid_write_is_cleaned_by_the_next_run(default_model, tmp_path):
     _fingerprinted_plan(default_model).save(tmp_path)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "prunenet.cli.export", "--ratio", "0.3", "--plan", str(tmp_path / PLAN_FILE),
-           "--out", str(out), "--no-eval"]
+           "--out", str(out), "--no-eval", "--no-heal"]
     killed = _interrupt_when_staging_appears(cmd, tmp_path, signal.SIGKILL, 0.5)
     assert killed.returncode == -signal.SIGKILL
     stale = list(tmp_path.glob(".out.prunenet-tmp-*"))

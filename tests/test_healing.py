@@ -244,3 +244,45 @@ def test_signal_while_healing_leaves_nothing(tiny_models, tmp_path, sig, code):
     assert proc.returncode == code, err.decode()[-800:]
     assert not out.exists() and not list(tmp_path.glob(".out*"))
     assert b"Traceback" not in err
+
+
+def _default_cli(src: Path, out: Path, *extra: str) -> list[str]:
+    """An export with healing left to its default (neither --heal nor --no-heal)."""
+    return ["export", "--model", str(src), "--ratio", "0.3", "--align", "16", "--episodes", "2", "--self-data", "0",
+            "--heal-tokens", "2048", "--heal-steps", "10", "--no-eval", "--out", str(out), "--json", *extra]
+
+
+def test_healing_is_on_by_default_for_small_sources_only(tiny_models, tmp_path, monkeypatch):
+    """Unset, --heal heals a small source with a tokenizer; --no-heal, a larger source, a tokenizer-less one
+    and a plan that prunes nothing are exported unhealed, each with a note saying why."""
+    from prunenet.healing import config
+
+    def run(src: Path, name: str, *extra: str) -> dict:
+        r = CliRunner().invoke(main, _default_cli(src, tmp_path / name, *extra))
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output.strip().splitlines()[-1])
+
+    src = with_tokenizer(tiny_models["llama"], tmp_path / "src")
+    healed = run(src, "default")
+    assert healed["healing"]["mode"] == "end-to-end" and healed["notes"] == []
+    assert healed["healing"]["held_out_after"]["kl"] < healed["healing"]["held_out_before"]["kl"]
+    off = run(src, "off", "--no-heal")
+    assert off["healing"] is None and off["notes"] == []
+    bare = run(tiny_models["llama"], "bare")  # no tokenizer to write healing's text with
+    assert bare["healing"] is None and "no tokenizer" in bare["notes"][0]
+    r = CliRunner().invoke(main, [*_default_cli(tiny_models["llama"], tmp_path / "forced"), "--heal"])
+    assert r.exit_code != 0 and "tokenizer" in r.output  # asked for, it is an error, not a note
+    nothing = run(src, "nothing", "--ratio", "0")
+    assert nothing["healing"] is None and nothing["notes"] == ["not healed: the plan prunes nothing"]
+    monkeypatch.setattr(config, "AUTO_MAX_PARAMS", 1000)
+    big = run(src, "big")
+    assert big["healing"] is None and "pass --heal" in big["notes"][0]
+    assert run(src, "asked", "--heal")["healing"]["mode"] == "end-to-end"
+
+
+def test_auto_heal_rule():
+    from prunenet.healing.config import AUTO_MAX_PARAMS, auto_heal_skip
+
+    assert auto_heal_skip(135_000_000) is None and auto_heal_skip(AUTO_MAX_PARAMS) is None
+    assert "6,738M" in auto_heal_skip(6_738_415_616) and "pass --heal" in auto_heal_skip(AUTO_MAX_PARAMS + 1)
+    assert "tokenizer" in auto_heal_skip(135_000_000, has_tokenizer=False)

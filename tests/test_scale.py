@@ -251,6 +251,7 @@ def test_gpu_check_dry_run_command_list(tmp_path):
         assert cmd.startswith("prunenet-export ") and "--ratio 0.3" in cmd and "--device cuda" in cmd
         assert f"--target {target}" in cmd and "--json" in cmd and "--no-eval" not in cmd
     assert "--model /models/m" in dhf and "--model /models/m" in donnx
+    assert "--no-heal" not in dhf and "--no-heal" in donnx and "--no-heal" in donnx4  # the default heals once
     assert "--target onnx --quant w4a16" in donnx4 and f"--plan {out}/default-onnx/prunenet-plan.json" in donnx4
     assert f"--model {out}/llama2-7b-32" in bhf
     assert deval == f"prunenet eval {out}/default-hf --device cuda --json"

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from exporters.targets import DEFAULT_TARGET, TARGETS
-from prunenet.healing.config import HEAL_MODES, MODES, HealConfig
+from prunenet.healing.config import AUTO_MAX_PARAMS, HEAL_MODES, MODES, HealConfig
 from prunenet.planning.allocation import ALLOCATIONS
 from prunenet.planning.methods import METHODS
 from prunenet.quantization.schemes import QUANT_CHOICES
@@ -48,8 +48,9 @@ HEAL = HealConfig()
               help="dtype of the written weights (auto: the source's; bfloat16 for a source dequantized from GGUF).")
 @click.option("--compat", type=click.Choice(["native", "padded"]), default="native", show_default=True,
               help="padded: zero-pad every layer to the widest (stock architecture).")
-@click.option("--heal/--no-heal", default=False, show_default=True,
-              help="Distil the pruned FFNs toward the dense model on text the model writes itself (no user data).")
+@click.option("--heal/--no-heal", default=None,
+              help="Distil the pruned FFNs toward the dense model on text the model writes itself (no user data) "
+                   f"[default: on for sources up to {AUTO_MAX_PARAMS / 1e6:.0f}M parameters].")
 @click.option("--heal-tokens", type=click.IntRange(min=1), default=HEAL.tokens, show_default=True,
               help="Self-text tokens generated for healing (1/8 held out for early stopping).")
 @click.option("--heal-steps", type=click.IntRange(min=1), default=HEAL.steps, show_default=True,
@@ -84,7 +85,8 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
     Example:
       prunenet-export --ratio 0.3 --target vllm --out out && prunenet serve out   # or: vllm serve ./out (CUDA vLLM)
       prunenet-export --model ./my-llama --ratio 0.2 --policy out/prunenet-policy.safetensors --out out-0.2
-      prunenet-export --ratio 0.3 --heal --heal-tokens 12288 --heal-steps 100 --out out-healed
+      prunenet-export --ratio 0.3 --no-heal --no-eval --out out-quick          # no healing, no report: quickest
+      prunenet-export --ratio 0.3 --heal-tokens 12288 --heal-steps 100 --out out-healed   # longer healing
     """
     setup_output(quiet, verbose, as_json)
     from prunenet.jobs.api import export
@@ -139,6 +141,8 @@ def _report(result: dict) -> None:
     if result.get("phases"):
         console.print("phases: " + ", ".join(f"{p['name']} {p['seconds']:.1f} s / {p['peak_rss_mb'] / 1024:.1f} GB"
                                              for p in result["phases"]), style="dim")
+    for note in result.get("notes", []):
+        console.print(note, style="dim")
     for warning in result.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
 

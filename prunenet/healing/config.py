@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from prunenet.errors import PruneNetError
 from prunenet.refs import load_ref
 
-__all__ = ["HealConfig", "HealMode", "HEAL_MODES", "MODES"]
+__all__ = ["HealConfig", "HealMode", "HEAL_MODES", "MODES", "AUTO_MAX_PARAMS", "auto_heal_skip"]
 
 
 @dataclass(frozen=True)
@@ -32,18 +32,33 @@ HEAL_MODES: dict[str, HealMode] = {m.name: m for m in (
 
 MODES = ("auto", *HEAL_MODES)
 
+AUTO_MAX_PARAMS = 200_000_000
+"""Sources up to this many parameters heal unless ``--no-heal``: there healing takes minutes on a CPU, and
+it wins on every evaluation text. Above it, healing's cost grows with the parameters (a 7B has 50 times
+the default model's), so it runs only when asked for (``--heal``)."""
+
+
+def auto_heal_skip(params: int, has_tokenizer: bool = True) -> str | None:
+    """Why a source is not healed by default (its size, or no tokenizer to write healing's text), or None."""
+    if not has_tokenizer:
+        return "not healed: the source has no tokenizer for healing's self-text; pass --heal with one in place"
+    if params <= AUTO_MAX_PARAMS:
+        return None
+    return (f"not healed: healing is on by default up to {AUTO_MAX_PARAMS / 1e6:.0f}M parameters and this model has "
+            f"{params / 1e6:,.0f}M; pass --heal to heal it")
+
 
 @dataclass(frozen=True)
 class HealConfig:
     """Data-free healing: distil the pruned model toward the dense one on text the dense model writes."""
 
-    tokens: int = 12288
+    tokens: int = 6144
     """Self-text tokens generated for healing (training and held-out together)."""
     sample_len: int = 256
     """Tokens per self-text sample (one training sequence)."""
-    steps: int = 100
-    """Most optimizer steps (per block in block mode); early stopping usually ends sooner."""
-    lr: float = 4e-4
+    steps: int = 40
+    """Most optimizer steps (per block in block mode); early stopping may end sooner."""
+    lr: float = 8e-4
     batch: int = 4
     """Sequences per step."""
     holdout: float = 0.125

@@ -20,16 +20,16 @@ HEAL_PREFIX = "heal_"
 
 
 def export(model: str | None = None, *, ratio: float, target: str = DEFAULT_TARGET, out: str | Path = "out",
-           heal: bool = False, evaluate: bool = True, validate: bool = True, force: bool = False,
+           heal: bool | None = None, evaluate: bool = True, validate: bool = True, force: bool = False,
            compat: str = "native", dtype: str = "auto", plan: str | Path | None = None,
            quant: str = "none", quant_group: int | None = None, **options: Any) -> dict[str, Any]:
     """Prune ``model`` (None: the default model) and write ``out`` for ``target``; returns the report.
 
     ``options`` are the planner's settings (the fields of
     :class:`~prunenet.planning.config.PruneConfig`: ``method``, ``allocation``, ``align``, ``tp``,
-    ``episodes``, ``lr``, ``seed``, ``device``, ``policy``, ``self_data``) and, with ``heal=True``,
-    healing's as ``heal_<field>`` (:class:`~prunenet.healing.config.HealConfig`: ``heal_steps``,
-    ``heal_tokens``, ``heal_lr``, ``heal_batch``, ``heal_mode``, ...). ``quant`` / ``quant_group``: weight
+    ``episodes``, ``lr``, ``seed``, ``device``, ``policy``, ``self_data``) and healing's as ``heal_<field>`` (:class:`~prunenet.healing.config.HealConfig`: ``heal_steps``,
+    ``heal_tokens``, ``heal_lr``, ``heal_batch``, ``heal_mode``, ...). ``heal``: True heals, False does not,
+    None (the default) heals sources up to :data:`~prunenet.healing.config.AUTO_MAX_PARAMS`. ``quant`` / ``quant_group``: weight
     quantization after pruning (``--quant``, ``--quant-group``). The report holds the widths,
     parameter counts, the quality report (``"quality"``), healing's record, per-phase times and peaks,
     and warnings; ``prunenet-export --json`` prints the same object.
@@ -55,10 +55,10 @@ def export(model: str | None = None, *, ratio: float, target: str = DEFAULT_TARG
         prune_opts["tp"] = tuple(prune_opts["tp"])
     cfg = PruneConfig(ratio=ratio, **prune_opts)
     heal_cfg = None
-    if heal:
+    if heal is not False:
         heal_opts = {k.removeprefix(HEAL_PREFIX): v for k, v in options.items() if k in heal_keys}
         heal_cfg = HealConfig(seed=cfg.seed, **heal_opts)
     request = ExportRequest(model=model, out=Path(out), target=target, compat=compat, evaluate=evaluate, force=force,
                             validate=validate, plan=Path(plan) if plan is not None else None, dtype=dtype, heal=heal_cfg,
-                            quant=quant, quant_group=quant_group)
+                            heal_auto=heal is None, quant=quant, quant_group=quant_group)
     return run_export(request, cfg)

@@ -36,6 +36,9 @@ class ExportRequest:
     """dtype of the written weights: auto (the source's; bfloat16 for a GGUF-dequantized source) or a name."""
     heal: Any = None
     """A :class:`~prunenet.healing.config.HealConfig` to heal the pruned model with; None: no healing."""
+    heal_auto: bool = False
+    """``heal`` is the default's, not asked for: a source above the default's size, or a plan that prunes
+    nothing, is then exported unhealed (with a note) instead of refused."""
     quant: str = "none"
     """Weight quantization scheme applied after pruning and healing (:data:`prunenet.quantization.schemes.SCHEMES`)."""
     quant_group: int | None = None
@@ -62,6 +65,14 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     compute = Compute.resolve(cfg.device, ckpt.dtype)
     _check_dtype(target, req.dtype, compute)
     cfg, quant = _prepare_quant(target, req, cfg, source.path, ckpt.config)
+    notes: list[str] = []
+    if req.heal is not None and req.heal_auto:
+        from prunenet.healing.config import auto_heal_skip
+        from prunenet.source.loaders import has_tokenizer
+
+        skip = auto_heal_skip(ckpt.num_parameters(), has_tokenizer(source.path))
+        req = replace(req, heal=None) if skip else req
+        notes += [skip] if skip else []
     scored = req.evaluate and target.quality_report
     # before any long step: refuse what cannot fit, write nothing
     check_memory(ckpt, cfg, evaluate=scored, compute=compute, planning=req.plan is None,
@@ -71,6 +82,9 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     plan = replace(result.plan, extra={k: v for k, v in result.plan.extra.items()
                                        if k not in ("healing", "quantization")})
     plan = plan_with_quant(plan, quant, cfg.tp)
+    if req.heal is not None and req.heal_auto and plan.is_identity:
+        req = replace(req, heal=None)
+        notes.append("not healed: the plan prunes nothing")
     stats = parameter_stats(source.path, plan)
     warnings = [] if req.validate else ["the export was not validated (--no-validate)"]
     with staged_output(req.out, force=req.force, source=source.path) as stage:
@@ -95,6 +109,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         "source": source.name, "out": str(req.out), "target": target.name, "method": plan.method,
         "ratio": plan.ratio, "achieved_ratio": plan.removed_fraction, "allocation": plan.allocation,
         "widths": plan.widths, "stats": stats, "export": report, "quality": quality, "warnings": warnings,
+        "notes": notes,
         "policy_fingerprint": plan.policy_fingerprint, "source_fingerprint": plan.source_fingerprint,
         "phases": phases.to_list(), "healing": plan.extra.get("healing"), "compute": compute.to_dict(),
         "quantization": plan.extra.get("quantization"),
