@@ -95,7 +95,7 @@ def test_quality_report_shows_quantizations_own_share(tiny_models, tmp_path):
     from tiny_models import with_tokenizer
 
     src = with_tokenizer(tiny_models["llama"], tmp_path / "src")
-    args = ["--model", str(src), "--self-data", "0", "--episodes", "1", "--ratio", "0.45", "--json"]
+    args = ["--model", str(src), "--self-data", "0", "--episodes", "1", "--ratio", "0.45", "--no-heal", "--json"]
     runner = CliRunner()
     plain = runner.invoke(main, ["export", *args, "--out", str(tmp_path / "plain")])
     assert plain.exit_code == 0, plain.output
