@@ -196,9 +196,17 @@ def test_int4_graph_holds_the_mse_clipped_weights(sources, tmp_path):
         assert np.abs(got - rtn).max() > 1e-3, name  # the test can fail: round-to-nearest weights differ
     head = _round_to_nearest(model.lm_head.weight.detach().float(), 4, 32).numpy()
     np.testing.assert_allclose(dequant("lm_head"), head, rtol=1e-6, atol=1e-7)
+    embed = model.get_input_embeddings().weight.detach().clone()
     fake_quantize_(model, 4, 32, head=True)
     for name, module in (("layers.1/mlp/down_proj", model.model.layers[1].mlp.down_proj), ("lm_head", model.lm_head)):
         np.testing.assert_allclose(dequant(name), module.weight.detach().numpy(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(model.get_input_embeddings().weight, embed)  # untied: the graph's Gather is float
+    assert [t.data_type for t in graph.graph.initializer if "embed_tokens" in t.name] == [onnx.TensorProto.FLOAT]
+    # tied: the builder stores the embedding in 4 bits with the head (one matrix), and the reference does too
+    model.model.embed_tokens.weight = model.lm_head.weight = torch.nn.Parameter(embed.clone())
+    fake_quantize_(model, 4, 32, head=True)
+    tied = _round_to_nearest(embed.float(), 4, 32)
+    assert torch.equal(model.get_input_embeddings().weight, tied) and torch.equal(model.lm_head.weight, tied)
 
 
 def test_quant_validation_rejects_the_wrong_reference(sources, tmp_path):

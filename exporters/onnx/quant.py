@@ -113,7 +113,10 @@ def fake_quantize_(model: Any, bits: int, block: int, *, head: bool, scales: str
     :func:`prunenet.quantization.numerics.fake_quantize`, searched at the weight's precision, and the
     head ONNX Runtime's round-to-nearest. ``"rtn"`` (8 bits, and the 4-bit head; ONNX Runtime's
     rule): per output row and block of K inputs, scale = the block's largest-magnitude value
-    / -2^(bits-1), so that value maps to the most negative code, codes clipped to [-2^(bits-1), 2^(bits-1) - 1]. Embeddings are left as they are.
+    / -2^(bits-1), so that value maps to the most negative code, codes clipped to [-2^(bits-1), 2^(bits-1) - 1].
+    For a model that ties its embedding to the head the builder stores a 4-bit graph's embedding in 4 bits
+    too (round-to-nearest; one matrix with the 4-bit head), whatever ``head``; untied models and 8-bit
+    graphs keep it float (ONNX Runtime's quantized Gather takes 4 bits only).
     """
     import torch
 
@@ -124,6 +127,7 @@ def fake_quantize_(model: Any, bits: int, block: int, *, head: bool, scales: str
     if scales not in ("mse", "rtn") or (scales == "mse" and bits != 4):
         raise ValueError(f"no {scales!r} scales for {bits}-bit weights")
     head_module = model.get_output_embeddings()
+    tied = head_module is not None and head_module.weight is model.get_input_embeddings().weight
     with torch.no_grad():
         for module in model.modules():
             if not isinstance(module, torch.nn.Linear) or (module is head_module and not head):
@@ -135,9 +139,12 @@ def fake_quantize_(model: Any, bits: int, block: int, *, head: bool, scales: str
             else:
                 deq = _round_to_nearest(w.float(), bits, block)
             if module is head_module and module.weight is model.get_input_embeddings().weight:
-                module.weight = torch.nn.Parameter(deq.to(module.weight.dtype))  # untie: embeddings stay float
+                module.weight = torch.nn.Parameter(deq.to(module.weight.dtype))  # untie: rounded below if at all
             else:
                 module.weight.data.copy_(deq)
+        if bits == 4 and tied:
+            embed = model.get_input_embeddings().weight
+            embed.data.copy_(_round_to_nearest(embed.data.float(), 4, block).to(embed.dtype))
 
 
 def _round_to_nearest(w: Any, bits: int, block: int) -> Any:
