@@ -56,7 +56,7 @@ class HealConfig:
     """Self-text tokens generated for healing (training and held-out together)."""
     sample_len: int = 256
     """Tokens per self-text sample (one training sequence)."""
-    steps: int = 40
+    steps: int = 20
     """Most optimizer steps (per block in block mode); early stopping may end sooner."""
     lr: float = 8e-4
     batch: int = 4
