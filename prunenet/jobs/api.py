@@ -27,10 +27,11 @@ def export(model: str | None = None, *, ratio: float, target: str = DEFAULT_TARG
 
     ``options`` are the planner's settings (the fields of
     :class:`~prunenet.planning.config.PruneConfig`: ``method``, ``allocation``, ``align``, ``tp``,
-    ``episodes``, ``lr``, ``seed``, ``device``, ``policy``, ``self_data``) and healing's as ``heal_<field>`` (:class:`~prunenet.healing.config.HealConfig`: ``heal_steps``,
-    ``heal_tokens``, ``heal_lr``, ``heal_batch``, ``heal_mode``, ...). ``heal``: True heals, False does not,
-    None (the default) heals sources up to :data:`~prunenet.healing.config.AUTO_MAX_PARAMS`. ``quant`` / ``quant_group``: weight
-    quantization after pruning (``--quant``, ``--quant-group``). The report holds the widths,
+    ``episodes``, ``lr``, ``seed``, ``device``, ``policy``, ``self_data``) and healing's as
+    ``heal_<field>`` (:class:`~prunenet.healing.config.HealConfig`: ``heal_steps``, ``heal_tokens``,
+    ``heal_lr``, ``heal_batch``, ``heal_mode``, ...). ``heal``: True heals, False does not, None (the
+    default) heals sources up to :data:`~prunenet.healing.config.AUTO_MAX_PARAMS`. ``quant`` /
+    ``quant_group``: weight quantization after pruning (``--quant``, ``--quant-group``). The report holds the widths,
     parameter counts, the quality report (``"quality"``), healing's record, per-phase times and peaks,
     and warnings; ``prunenet-export --json`` prints the same object.
 
