@@ -81,13 +81,16 @@ def _healing_rows(plan: PruningPlan) -> str:
             "| text | KL(dense \\|\\| pruned) | perplexity ratio |\n|---|---|---|\n" + table + "\n")
 
 
+_ROUNDING = {"gptq": "GPTQ rounding on the model's own self-text", "nearest": "round-to-nearest"}
+
+
 def _quant_row(plan: PruningPlan) -> str:
     """What ``--quant`` chose, as the plan records it (``plan.extra["quantization"]``)."""
     q = plan.extra.get("quantization")
     if not q:
         return "none (floating-point weights)"
     return (f"`{q['scheme']}` ({q['format']}): {q['bits']}-bit {q['type']} weights, symmetric, per "
-            f"{q['granularity']}, {q['clipping']} scales; activations {q['activations']}; embeddings and "
+            f"{q['granularity']}, {q['clipping']} scales, {_ROUNDING.get(q.get('rounding'), 'round-to-nearest')}; activations {q['activations']}; embeddings and "
             "LM head unquantized")
 
 

@@ -23,12 +23,14 @@ __all__ = ["StreamingQuantizer"]
 class StreamingQuantizer:
     """Maps the writer's planned tensors to compressed ones and produces them on demand."""
 
-    def __init__(self, spec: QuantSpec, linears: set[str], scale_dtype: torch.dtype):
+    def __init__(self, spec: QuantSpec, linears: set[str], scale_dtype: torch.dtype,
+                 given: Callable[[str], torch.Tensor | None] | None = None):
         """``linears``: names of the weights to quantize; ``scale_dtype``: scales are rounded to it (the
-        written activation dtype, which vLLM's 4-bit kernels hold them in)."""
+        written activation dtype, which vLLM's 4-bit kernels hold them in). ``given(name)``: the scales a
+        weight was already rounded with (GPTQ), None where they are searched here."""
         from compressed_tensors.compressors import BaseCompressor
 
-        self.spec, self.linears, self.scale_dtype = spec, linears, scale_dtype
+        self.spec, self.linears, self.scale_dtype, self.given = spec, linears, scale_dtype, given
         self.scheme = spec.ct_scheme()
         self.compressor = BaseCompressor.get_value_from_registry(spec.info.format)
         self._parts: dict[str, tuple[str, str]] = {}  # output name -> (source weight name, part)
@@ -69,9 +71,11 @@ class StreamingQuantizer:
         else:
             w = read(source).float()
             scale = self._scales.get(source)
+            if scale is None and self.given is not None:
+                scale = self.given(source)
             if scale is None:
                 scale = compute_scales(w, self.spec.info, self.spec.group, self.spec.clipping, self.scale_dtype)
-                self._scales[source] = scale
+            self._scales[source] = scale
             out = scale if part == "weight_scale" else self.compressor.compress(
                 {"weight": w, "weight_scale": scale}, self.scheme)[part]
         if all(self._parts[p][1] == "weight_shape" for p in self._pending[source]):

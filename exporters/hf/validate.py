@@ -22,6 +22,7 @@ from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_layer_plan_
 from prunenet.quantization.apply import fake_quantize_layer_
 from prunenet.quantization.checks import linear_shapes
+from prunenet.quantization.rounding import given_scales
 from prunenet.quantization.schemes import QuantSpec
 from prunenet.source.layerwise import LayerwiseModel
 
@@ -52,7 +53,7 @@ def validate_hf_export(source: Path, out: Path, plan: PruningPlan, *, dtype: tor
             healed.assign_(module, f"{spec.layers_prefix}.{i}.", round_to=dtype)
         if quant is not None:
             fake_quantize_layer_(module, f"{spec.layers_prefix}.{i}.", linears, quant,
-                                 dtype or reference.ckpt.dtype)
+                                 dtype or reference.ckpt.dtype, scales=given_scales(healed))
         return module
 
     h_ref = reference.final_hidden([ids], edit=pruned)

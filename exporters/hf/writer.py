@@ -26,6 +26,7 @@ from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import layer_tensor_roles, pad_tensor, slice_tensor
 from prunenet.progress import track
 from prunenet.quantization.checks import linear_shapes
+from prunenet.quantization.rounding import given_scales
 from prunenet.quantization.schemes import QuantSpec
 from prunenet.source.checkpoint import Checkpoint
 
@@ -47,7 +48,8 @@ def write_hf_checkpoint(
 
     ``dtype`` casts every floating tensor (None keeps the source's); config.json records it. ``healed``
     tensors are written instead of the sliced source tensors of the same names. ``quant``: decoder
-    linears are written quantized (:mod:`exporters.hf.quantized`), config.json says how."""
+    linears are written quantized (:mod:`exporters.hf.quantized`), config.json says how; a linear whose
+    scales ``healed`` holds too (GPTQ, :mod:`prunenet.quantization.rounding`) is packed with them."""
     ckpt = Checkpoint(source)
     spec = get_arch_spec(ckpt.config.get("model_type"))
     out.mkdir(parents=True, exist_ok=True)
@@ -58,12 +60,14 @@ def write_hf_checkpoint(
 
     def transform(name: str, tensor: torch.Tensor) -> torch.Tensor:
         role = layer_tensor_roles(spec, name)
+        # healed or GPTQ-rounded tensors are already at the pruned width (on meta, slicing gives that shape)
+        replaced = healed is not None and name in healed and tensor.device.type != "meta"
+        if replaced:
+            tensor = healed.get(name).to(dtype or tensor.dtype)
         if role is not None:
             layer, suffix = role
             lp = plan.layers[layer]
-            if healed is not None and name in healed and tensor.device.type != "meta":
-                tensor = healed.get(name).to(dtype or tensor.dtype)  # already at the pruned width
-            elif lp.width != lp.original_width:
+            if not replaced and lp.width != lp.original_width:
                 tensor = slice_tensor(spec, suffix, tensor, lp.kept)
             if compat == "padded":
                 tensor = pad_tensor(spec, suffix, tensor, target)
@@ -79,7 +83,7 @@ def write_hf_checkpoint(
 
     if quant is not None:
         quantizer = StreamingQuantizer(quant, set(linear_shapes(ckpt.shapes(), spec.layers_prefix)),
-                                       dtype or ckpt.dtype)
+                                       dtype or ckpt.dtype, given=given_scales(healed))
         specs = [o for s in specs for o in quantizer.expand(s)]
         produce = functools.partial(quantizer.produce, read=produce)
     shards = plan_shards(specs, max_shard_bytes)

@@ -10,7 +10,7 @@ from exporters.targets import DEFAULT_TARGET, TARGETS
 from prunenet.healing.config import AUTO_MAX_PARAMS, HEAL_MODES, MODES, HealConfig
 from prunenet.planning.allocation import ALLOCATIONS
 from prunenet.planning.methods import METHODS
-from prunenet.quantization.schemes import QUANT_CHOICES
+from prunenet.quantization.schemes import QUANT_CHOICES, ROUNDINGS
 
 from .common import emit_json, handle_errors, setup_output, verbosity_options
 
@@ -67,6 +67,9 @@ HEAL = HealConfig()
 @click.option("--quant-group", type=click.IntRange(min=2), default=None,
               help="Group size of w4a16 scales [default: the largest of 128/64/32 dividing every K per rank; "
                    "onnx: the MatMulNBits block, 32].")
+@click.option("--quant-rounding", type=click.Choice(("auto", *ROUNDINGS)), default="auto", show_default=True,
+              help="gptq: round with GPTQ on the model's own self-text (no user data); nearest: each weight alone; "
+                   "auto: gptq for w4a16, nearest for the 8-bit schemes.")
 @click.option("--no-eval", is_flag=True, help="Skip the quality report.")
 @click.option("--no-validate", is_flag=True,
               help="Skip the export's self-check: reloading it and comparing logits with the pruned source "
@@ -77,7 +80,8 @@ HEAL = HealConfig()
 @verbosity_options
 @handle_errors
 def command(model, ratio, target, out, method, allocation, align, tp, episodes, lr, seed, device, policy,
-            plan_file, self_data, dtype, compat, heal, heal_tokens, heal_steps, heal_lr, heal_batch, heal_mode, quant, quant_group, no_eval,
+            plan_file, self_data, dtype, compat, heal, heal_tokens, heal_steps, heal_lr, heal_batch, heal_mode, quant, quant_group,
+            quant_rounding, no_eval,
             no_validate, force, as_json, quiet, verbose) -> None:
     """Prune FFN neurons with PruneNet (no calibration data) and export the model.
 
@@ -96,7 +100,7 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
                     method=method, allocation=allocation, align=align, tp=tp, episodes=episodes, lr=lr, seed=seed,
                     device=device, policy=policy, self_data=self_data, heal_tokens=heal_tokens,
                     heal_steps=heal_steps, heal_lr=heal_lr, heal_batch=heal_batch, heal_mode=heal_mode,
-                    quant=quant, quant_group=quant_group)
+                    quant=quant, quant_group=quant_group, quant_rounding=quant_rounding)
     if as_json:
         emit_json(result)
     elif not quiet:

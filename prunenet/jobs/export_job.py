@@ -43,6 +43,8 @@ class ExportRequest:
     """Weight quantization scheme applied after pruning and healing (:data:`prunenet.quantization.schemes.SCHEMES`)."""
     quant_group: int | None = None
     """Group size of a grouped scheme; None: the largest of 128/64/32 dividing every K per rank."""
+    quant_rounding: str = "auto"
+    """``gptq`` / ``nearest`` (:data:`prunenet.quantization.schemes.ROUNDINGS`); auto: the scheme's own."""
 
 
 def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
@@ -51,6 +53,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     from exporters.staging import check_output_dir, staged_output
     from exporters.targets import get_target
     from prunenet.compute import Compute
+    from prunenet.jobs.rounding_step import check_rounding, gptq_step
     from prunenet.phases import PhaseLog
     from prunenet.planning.stats import parameter_stats
     from prunenet.preflight import check_memory
@@ -66,6 +69,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     _check_dtype(target, req.dtype, compute)
     cfg, quant = _prepare_quant(target, req, cfg, source.path, ckpt.config)
     notes: list[str] = []
+    quant = check_rounding(quant, req.quant_rounding, source.path, notes)
     if req.heal is not None and req.heal_auto:
         from prunenet.healing.config import auto_heal_skip
         from prunenet.source.loaders import has_tokenizer
@@ -92,8 +96,13 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         if req.heal is not None:
             healing = _heal(source.path, plan, req, compute, stage / ".prunenet-healed", phases, cfg.policy, scored)
             plan = replace(plan, extra={**plan.extra, "healing": healing.record()})
+        rounded = None
+        if quant is not None and quant.rounding == "gptq":
+            with phases.phase("quantize", compute.device):
+                rounded = gptq_step(source, plan, quant, _output_dtype(req.dtype, source, compute.stored), compute,
+                                    result, healing, stage / ".prunenet-rounded")
         with phases.phase("write", compute.device):
-            report = _write(target, source, plan, stage, req, compute, healing, quant)
+            report = _write(target, source, plan, stage, req, compute, healing, quant, rounded)
         if result.policy is not None and cfg.policy is None:
             _save_reusables(stage, result, plan, req, healing)
         quality = None
@@ -129,11 +138,16 @@ def _prepare_quant(target, req: ExportRequest, cfg, source: Path, config: dict):
     """``(cfg, quant)``: the scheme checked before any work and the width step its kernels need; a target
     that quantizes in its own format checks the request by its own rules instead."""
     if target.quant_check is not None:
+        if req.quant_rounding == "gptq":
+            from prunenet.errors import PruneNetError
+
+            raise PruneNetError(f"--quant-rounding gptq applies to the compressed-tensors targets (hf, vllm), "
+                                f"not --target {target.name}")
         target.check_quant()(config, req.quant, req.quant_group, cfg.align, cfg.device)
         return cfg, None
     from prunenet.quantization.request import prepare_quant
 
-    quant, align = prepare_quant(source, req.quant, req.quant_group, cfg.tp, cfg.align)
+    quant, align = prepare_quant(source, req.quant, req.quant_group, cfg.tp, cfg.align, req.quant_rounding)
     return replace(cfg, align=align), quant
 
 
@@ -145,17 +159,19 @@ def _make_plan(req: ExportRequest, cfg, source, compute, phases):
     return make_plan(source.path, cfg, source_name=source.name, phases=phases, compute=compute)
 
 
-def _write(target, source, plan, stage: Path, req: ExportRequest, compute, healing, quant=None) -> dict[str, Any]:
-    """The target's writer on the staged directory; healed tensors are consumed and removed."""
+def _write(target, source, plan, stage: Path, req: ExportRequest, compute, healing, quant=None,
+           rounded=None) -> dict[str, Any]:
+    """The target's writer on the staged directory; healed (or GPTQ-rounded, which include the healed)
+    tensors are consumed and removed."""
     from exporters import ExportConfig
 
-    healed_dir = healing.weights.root if healing is not None else None
+    healed_dir = rounded.root if rounded is not None else healing.weights.root if healing is not None else None
     export_cfg = ExportConfig(compat=req.compat, validate=req.validate, device=str(compute.device),
                               dtype=_output_dtype(req.dtype, source, compute.stored), healed=healed_dir, quant=quant,
                               scheme=req.quant, group=req.quant_group)
     report = target.write()(source.path, plan, stage, export_cfg)
-    if healed_dir is not None:
-        shutil.rmtree(healed_dir)  # now inside the written weights; the output holds no adapter files
+    for done in {healed_dir, healing.weights.root if healing is not None else None} - {None}:
+        shutil.rmtree(done, ignore_errors=True)  # now inside the written weights; the output holds no adapter files
     return report
 
 

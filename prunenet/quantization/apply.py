@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from prunenet.quantization.numerics import fake_quantize_, fake_quantize_activations
+from prunenet.quantization.numerics import dequantize, fake_quantize_, fake_quantize_activations, quantize
 from prunenet.quantization.schemes import QuantSpec
 
 __all__ = ["fake_quantize_layer_", "quantize_inputs_"]
@@ -12,12 +14,18 @@ __all__ = ["fake_quantize_layer_", "quantize_inputs_"]
 
 @torch.no_grad()
 def fake_quantize_layer_(module: torch.nn.Module, prefix: str, linears: set[str], spec: QuantSpec,
-                         scale_dtype: torch.dtype) -> torch.nn.Module:
+                         scale_dtype: torch.dtype,
+                         scales: Callable[[str], torch.Tensor | None] | None = None) -> torch.nn.Module:
     """Replace every weight of ``module`` named (with ``prefix``) in ``linears`` by its quantize-dequantize
-    round trip; the same rounding the writer stores."""
+    round trip; the same rounding the writer stores. ``scales(name)``: the scales a weight was already
+    rounded with (GPTQ), None where the scheme's own search chooses them."""
     for name, param in module.named_parameters():
         if prefix + name in linears:
-            fake_quantize_(param.data, spec.info, spec.group, spec.clipping, scale_dtype)
+            given = scales(prefix + name) if scales is not None else None
+            if given is None:
+                fake_quantize_(param.data, spec.info, spec.group, spec.clipping, scale_dtype)
+            else:
+                param.data.copy_(dequantize(quantize(param.data, given, spec.info), given, param.dtype))
     if spec.info.activations:
         quantize_inputs_(module, prefix, linears, spec.info.activations)
     return module

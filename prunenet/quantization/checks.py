@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prunenet.errors import PruneNetError
-from prunenet.quantization.schemes import GROUP_CHOICES, SCHEMES, QuantSpec
+from prunenet.quantization.schemes import GROUP_CHOICES, ROUNDINGS, SCHEMES, QuantSpec
 
 __all__ = ["QuantizationError", "resolve_quant", "width_multiple", "check_plan_widths", "linear_shapes"]
 
@@ -34,11 +34,13 @@ def _per_rank(dims: Iterable[int], tp: Sequence[int]) -> set[int]:
 
 
 def resolve_quant(name: str, group: int | None, config: dict[str, Any], linears: dict[str, tuple[int, int]],
-                  tp: Sequence[int] = (), clipping: str = "mse") -> QuantSpec | None:
+                  tp: Sequence[int] = (), clipping: str = "mse", rounding: str = "auto") -> QuantSpec | None:
     """The :class:`QuantSpec` for ``--quant name`` on this model, or a one-line :class:`QuantizationError`."""
     if name == "none":
         if group is not None:
             raise QuantizationError("--quant-group needs --quant w4a16")
+        if rounding != "auto":
+            raise QuantizationError("--quant-rounding needs --quant")
         return None
     if name not in SCHEMES:
         raise QuantizationError(f"unknown --quant {name!r}; choose from none, {', '.join(SCHEMES)}")
@@ -55,7 +57,9 @@ def resolve_quant(name: str, group: int | None, config: dict[str, Any], linears:
     else:
         group = _group(group, ks, tp)
     _check_multiples(name, ks, ns, scheme.k_multiple, scheme.n_multiple, tp)
-    return QuantSpec(name, group, clipping)
+    if rounding != "auto" and rounding not in ROUNDINGS:
+        raise QuantizationError(f"unknown --quant-rounding {rounding!r}; choose from auto, {', '.join(ROUNDINGS)}")
+    return QuantSpec(name, group, clipping, scheme.rounding if rounding == "auto" else rounding)
 
 
 def _group(group: int | None, ks: set[int], tp: Sequence[int]) -> int:

@@ -18,14 +18,15 @@ __all__ = ["prepare_quant", "plan_with_quant"]
 
 
 def prepare_quant(source: Path, scheme: str, group: int | None, tp: Sequence[int],
-                  align: int) -> tuple[QuantSpec | None, int]:
+                  align: int, rounding: str = "auto") -> tuple[QuantSpec | None, int]:
     """``(spec, align)``: the resolved scheme (None for ``none``) and the ``--align`` the planner must use,
     the least common multiple of ``--align`` and what the scheme's kernels need per rank times ``--tp``.
     Also refuses a ``--tp`` that vLLM could not shard the attention heads by."""
     ckpt = Checkpoint(source)
     check_tensor_parallel(ckpt.config, tp)
     spec = get_arch_spec(ckpt.config.get("model_type"))
-    quant = resolve_quant(scheme, group, ckpt.config, linear_shapes(ckpt.shapes(), spec.layers_prefix), tp)
+    quant = resolve_quant(scheme, group, ckpt.config, linear_shapes(ckpt.shapes(), spec.layers_prefix), tp,
+                          rounding=rounding)
     return quant, math.lcm(align, width_multiple(quant, tp))
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["QuantScheme", "QuantSpec", "SCHEMES", "QUANT_CHOICES", "GROUP_CHOICES", "CLIPPINGS"]
+__all__ = ["QuantScheme", "QuantSpec", "SCHEMES", "QUANT_CHOICES", "GROUP_CHOICES", "CLIPPINGS", "ROUNDINGS"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class QuantScheme:
     k_multiple: int = 1
     n_multiple: int = 1
     device_note: str = ""
+    rounding: str = "nearest"
+    """How weights are rounded unless ``--quant-rounding`` says otherwise (:data:`ROUNDINGS`)."""
 
     @property
     def qmax(self) -> float:
@@ -49,7 +51,9 @@ SCHEMES: dict[str, QuantScheme] = {
     # int8 weights per channel, int8 activations quantized per token at run time (oneDNN on CPU, CUTLASS on CUDA)
     "w8a8": QuantScheme("w8a8", 8, "int", False, "int-quantized", "int", k_multiple=16, n_multiple=16),
     # int4 weights in groups, bf16/fp16 activations (vLLM CPUWNA16 / Marlin): K and N multiples of 32
-    "w4a16": QuantScheme("w4a16", 4, "int", True, "pack-quantized", None, k_multiple=32, n_multiple=32),
+    # (GPTQ on self-text by default: at 4 bits round-to-nearest costs a small model most of its quality)
+    "w4a16": QuantScheme("w4a16", 4, "int", True, "pack-quantized", None, k_multiple=32, n_multiple=32,
+                         rounding="gptq"),
     # fp8 e4m3 weights per channel, fp8 activations per token (CUDA compute capability >= 8.9)
     "fp8": QuantScheme("fp8", 8, "float", False, "float-quantized", "float", k_multiple=16, n_multiple=16,
                        device_note="needs CUDA compute capability >= 8.9"),
@@ -59,6 +63,9 @@ QUANT_CHOICES = ("none", *SCHEMES)
 GROUP_CHOICES = (128, 64, 32)
 """Group sizes tried, largest first (fewer scales), when ``--quant-group`` is not given."""
 CLIPPINGS = ("mse", "minmax")
+ROUNDINGS = ("gptq", "nearest")
+"""``gptq``: GPTQ on the model's own self-text (:mod:`prunenet.quantization.gptq`); ``nearest``: each
+weight on its own."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class QuantSpec:
     scheme: str
     group: int | None = None
     clipping: str = "mse"
+    rounding: str = "nearest"
 
     @property
     def info(self) -> QuantScheme:
@@ -78,7 +86,7 @@ class QuantSpec:
         s = self.info
         return {"scheme": self.scheme, "bits": s.bits, "type": s.kind, "symmetric": True,
                 "granularity": f"group {self.group}" if s.grouped else "channel", "group": self.group,
-                "clipping": self.clipping, "activations": f"dynamic per-token {s.activations}8" if s.activations
+                "clipping": self.clipping, "rounding": self.rounding, "activations": f"dynamic per-token {s.activations}8" if s.activations
                 else "unquantized", "format": s.format, "ignored": ["lm_head", "embeddings"]}
 
     def ct_scheme(self, targets: Sequence[str] = ("Linear",)):
