@@ -68,6 +68,21 @@ def export_onnx_target(source: Path, plan: PruningPlan, out: Path, cfg: ExportCo
         hf_dir = Path(tmp)
         report = export_hf(source, plan, hf_dir, cfg)
         report["onnx"] = export_onnx(hf_dir, out, device=cfg.device, validate=cfg.validate, dtype=cfg.dtype,
-                                     options=OnnxOptions(quant=cfg.scheme, group=cfg.group))
+                                     options=OnnxOptions(quant=cfg.scheme, group=cfg.group), given=_given_scales(cfg, source))
     return report
+
+
+def _given_scales(cfg: ExportConfig, source: Path):
+    """The scales of the weights GPTQ rounded (they sit with the healed tensors), keyed as the builder reads them."""
+    import torch
+
+    from exporters.onnx.nbits import RowScales
+    from prunenet.healing.weights import HealedWeights
+    from prunenet.source.checkpoint import Checkpoint
+
+    if cfg.healed is None:
+        return None
+    dtype = getattr(torch, cfg.dtype) if cfg.dtype else Checkpoint(source).dtype
+    table = RowScales.from_weights(HealedWeights(cfg.healed), dtype)
+    return table or None
 

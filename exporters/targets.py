@@ -44,8 +44,12 @@ class Target:
     """``"module:function"`` ``(out, source, device) -> report dict`` scoring the output in place of the
     torch quality report (an ONNX graph is scored by running it), or None."""
     quant_check: str | None = None
-    """``"module:function"`` ``(config, scheme, group, align, device) -> None`` for a target that quantizes
-    in its own format: it refuses what it cannot build, and compressed-tensors quantization is skipped."""
+    """``"module:function"`` ``(config, scheme, group, align, device) -> group | None`` for a target that
+    quantizes in its own format: it refuses what it cannot build and returns the group (block) size it will
+    use; compressed-tensors quantization is skipped."""
+    gptq_schemes: tuple[str, ...] | None = None
+    """For a target with ``quant_check``: the schemes whose weights GPTQ may round before the target
+    quantizes them itself (it must then store exactly the codes of the scales it is given)."""
     cpu_dtypes: tuple[str, ...] | None = None
     """The ``--dtype`` values the target can compute in on a CPU (None: any); others are refused up front
     rather than silently written in another dtype."""
@@ -75,7 +79,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            finalize="exporters.onnx.manifest:refresh_manifest",
            next_step="benchmark: prunenet bench {out} --engine onnxruntime onnxruntime-genai",
            scorer="exporters.onnx.quality:quality_report", quant_check="exporters.onnx.quant:check_target_quant",
-           cpu_dtypes=("float32",)),
+           gptq_schemes=("w4a16",), cpu_dtypes=("float32",)),
 )}
 
 

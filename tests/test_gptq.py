@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -98,9 +99,80 @@ def test_gptq_without_a_tokenizer_falls_back_or_refuses(tiny_models, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--quant-rounding", "gptq"], "--quant-rounding needs --quant"),
-    (["--quant", "w4a16", "--quant-rounding", "gptq", "--target", "onnx"], "applies to the compressed-tensors"),
+    (["--quant", "w8a8", "--quant-rounding", "gptq", "--target", "onnx"], "for --target onnx applies to w4a16"),
+    (["--quant-rounding", "nearest", "--target", "onnx"], "--quant-rounding needs --quant"),
 ])
 def test_rounding_option_misuse_is_refused_before_any_work(tiny_with_tokenizer, tmp_path, args, message):
     code, output, _ = _export(tiny_with_tokenizer, tmp_path / "out", "--ratio", "0.3", *args)
     assert code != 0 and message in output, output
     assert not (tmp_path / "out").exists()
+
+
+def test_onnx_int4_packs_gptq_codes_with_their_scales_found_by_row():
+    """The builder hands the quantizer packed QKV under its own names: scales are found by row content,
+    and the packed codes dequantize to exactly the GPTQ-rounded rows."""
+    from exporters.onnx.nbits import RowScales, pack_int4, unpack_int4
+
+    g = torch.Generator().manual_seed(3)
+    table, rounded, scales = RowScales(), [], []
+    for n in (64, 32, 32):  # q, k, v
+        w, x = torch.randn(n, 64, generator=g), _correlated_inputs(256, 64, seed=n)
+        q, s = gptq_round(w, x.T @ x, W4, 32)
+        table.add(q.numpy(), s.numpy())
+        rounded.append(q)
+        scales.append(s)
+    packed_qkv = torch.cat(rounded)
+    found = table.lookup(packed_qkv.numpy())
+    np.testing.assert_array_equal(found, torch.cat(scales).numpy())
+    codes, stored, _ = pack_int4(np.ascontiguousarray(packed_qkv.T.numpy()), 32, found)
+    np.testing.assert_array_equal(unpack_int4(codes, stored), packed_qkv.numpy())
+    assert table.lookup(torch.randn(4, 64, generator=g).numpy()) is None  # any unknown row: no scales
+    nearest, _, _ = pack_int4(np.ascontiguousarray(packed_qkv.T.numpy()), 32)
+    assert not np.array_equal(nearest, codes)  # the search would have chosen other scales
+
+
+def test_onnx_w4a16_export_rounds_with_gptq(tiny_with_tokenizer, tmp_path):
+    src = tiny_with_tokenizer
+    code, output, report = _export(src, tmp_path / "gptq", "--ratio", "0.45", "--target", "onnx", "--quant", "w4a16")
+    assert code == 0, output
+    onnx_report = report["export"]["onnx"]
+    assert onnx_report["scales"] == "gptq" and "quantize" in [p["name"] for p in report["phases"]]
+    assert onnx_report["validation"]["kl"] < 0.05  # against torch with the same codes (the bound is 0.15)
+    manifest = json.loads((tmp_path / "gptq" / "prunenet-onnx.json").read_text())["files"]
+    assert not [f for f in manifest if ".prunenet-" in f]
+    assert sorted(manifest) == sorted(str(p.relative_to(tmp_path / "gptq")) for p in (tmp_path / "gptq").rglob("*")
+                                      if p.is_file())
+    code, output, nearest = _export(src, tmp_path / "nearest", "--ratio", "0.45", "--target", "onnx", "--quant",
+                                    "w4a16", "--quant-rounding", "nearest")
+    assert code == 0, output
+    assert nearest["export"]["onnx"]["scales"] == "mse" and "quantize" not in [p["name"] for p in nearest["phases"]]
+
+
+@pytest.mark.parametrize("scheme, group", [("w4a16", 32), ("w8a8", None)])
+def test_writer_and_self_check_use_the_given_scales(scheme, group):
+    """A GPTQ-rounded weight is packed with GPTQ's scales, not ones searched again on it (which could pick
+    another grid), and the self-check's reference rounds with the same ones."""
+    from exporters.hf.quantized import StreamingQuantizer
+    from exporters.hf.shards import TensorSpec
+    from prunenet.quantization.apply import fake_quantize_layer_
+    from prunenet.quantization.compressed import compressed_reader
+    from prunenet.quantization.numerics import dequantize, quantize
+    from prunenet.quantization.schemes import QuantSpec
+
+    spec = QuantSpec(scheme, group, "mse", "gptq")
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(64, 128, generator=g)
+    given = compute_scales(w, spec.info, group) * 1.37  # a grid the search would not choose
+    rounded = dequantize(quantize(w, given, spec.info), given)
+    quantizer = StreamingQuantizer(spec, {"m.weight"}, torch.float32, given=lambda n: given if n == "m.weight" else None)
+    outs = quantizer.expand(TensorSpec("m.weight", torch.float32, tuple(w.shape)))
+    written = {o.name: quantizer.produce(o.name, lambda _: rounded) for o in outs}
+    torch.testing.assert_close(written["m.weight_scale"], given, rtol=0, atol=0)
+    (_, rebuilt), = compressed_reader({"quantization_config": spec.ct_config()}).tensors(list(written),
+                                                                                       written.__getitem__)
+    torch.testing.assert_close(rebuilt.float(), rounded, rtol=0, atol=0)
+
+    layer = torch.nn.Linear(128, 64, bias=False)
+    layer.weight.data.copy_(rounded)
+    fake_quantize_layer_(layer, "m.", {"m.weight"}, spec, torch.float32, scales=lambda n: given)
+    torch.testing.assert_close(layer.weight.data, rounded, rtol=0, atol=0)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.onnx.families import BUILDER_FAMILIES
-from exporters.onnx.nbits import mse_int4_scales
+from exporters.onnx.nbits import RowScales, mse_int4_scales
 from exporters.onnx.optimize import quiet_loggers
 from exporters.onnx.quant import OnnxOptions
 from prunenet.arch import ARCH_SPECS
@@ -59,8 +59,9 @@ def builder_precision(options: OnnxOptions, device: str, dtype: str | None) -> s
 
 
 def build_graph(hf_dir: Path, out_dir: Path, *, precision: str, device: str, block: int | None,
-                options: OnnxOptions, work: Path) -> dict[str, Any]:
-    """Run the builder on a view of ``hf_dir`` into ``out_dir``; ``work`` is a scratch directory (removed)."""
+                options: OnnxOptions, work: Path, given: RowScales | None = None) -> dict[str, Any]:
+    """Run the builder on a view of ``hf_dir`` into ``out_dir``; ``work`` is a scratch directory (removed).
+    ``given``: scales of GPTQ-rounded weights (int4), used instead of searching them."""
     config = json.loads((Path(hf_dir) / "config.json").read_text())
     view, cache = work / "view", work / "cache"
     _make_view(Path(hf_dir), view, config)
@@ -73,15 +74,18 @@ def build_graph(hf_dir: Path, out_dir: Path, *, precision: str, device: str, blo
     ep = "cuda" if device.startswith("cuda") else "cpu"
     mse = precision == "int4"
     try:
-        with mse_int4_scales(block) if mse else contextlib.nullcontext({}) as written:
+        with mse_int4_scales(block, given=given) if mse else contextlib.nullcontext({}) as written:
             _run_builder(view, out_dir, precision, ep, cache, extra)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if mse and not written["mse"]:  # the builder no longer quantizes through ORT's blockwise quantizer
+    if mse and not written["mse"] + written["gptq"]:  # the builder no longer quantizes through ORT's blockwise quantizer
         raise OnnxBuildError("onnxruntime-genai's model builder wrote int4 weights without ONNX Runtime's "
                              "blockwise quantizer: the MSE scales were not applied")
     external = _strip_and_save(out_dir / GRAPH_FILE)
-    scales = "mse" if mse else ("rtn" if block is not None else None)
+    scales = ("gptq" if written.get("gptq") else "mse") if mse else ("rtn" if block is not None else None)
+    if given and written["mse"]:  # (the head is not searched here at all: it keeps ONNX Runtime's rule)
+        raise OnnxBuildError(f"{written['mse']} int4 weight(s) did not match the GPTQ-rounded weights; "
+                             "the graph would not hold the codes GPTQ chose")
     return {"builder": "onnxruntime-genai model builder", "precision": precision, "execution_provider": ep,
             "block_size": block, "scales": scales, "external_data": external, "builder_options": extra}
 

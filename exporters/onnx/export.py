@@ -37,6 +37,7 @@ from exporters.onnx.families import BUILDER_FAMILIES, check_family
 from exporters.onnx.genai import tune_genai_config
 from exporters.onnx.layout import probe_cache
 from exporters.onnx.manifest import REPORT_FILE, write_manifest
+from exporters.onnx.nbits import RowScales
 from exporters.onnx.optimize import (
     EXTERNAL_DATA_BYTES,
     external_data_file,
@@ -68,12 +69,14 @@ def export_onnx(
     prompts: list[str] | None = None,
     options: OnnxOptions | None = None,
     dtype: str | None = None,
+    given: RowScales | None = None,
 ) -> dict[str, Any]:
     """Export ``hf_dir`` into ``out_dir`` (created by the caller, staged atomically); returns a report.
 
     ``hf_dir`` may live inside ``out_dir`` (the ``--target onnx`` intermediate export); its files are
     then not listed in the report, since the caller removes them before the commit. ``dtype`` only
     chooses between fp16 (default) and bf16 on CUDA; ``optimize`` applies to the traced graph only.
+    ``given``: the scales of weights GPTQ rounded (int4 graphs store exactly those codes).
     """
     from prunenet.device import resolve_device
 
@@ -84,7 +87,7 @@ def export_onnx(
     check_family(config.get("model_type"), quantized=options.bits is not None)
     timings: dict[str, float] = {}
     if config["model_type"] in BUILDER_FAMILIES and has_tokenizer(hf_dir):
-        report = _export_built(hf_dir, out_dir, config, device, options, dtype, timings)
+        report = _export_built(hf_dir, out_dir, config, device, options, dtype, timings, given)
     elif options.bits is not None:
         raise OnnxQuantError(f"{hf_dir.name}: --quant for --target onnx needs the model's tokenizer files "
                              "(onnxruntime-genai's model builder and runtime read them)")
@@ -98,7 +101,7 @@ def export_onnx(
     if validate:
         with _timed(timings, "validate_s"), status("Validating the graph against torch"):
             report["validation"] = _validate(hf_dir, out_dir, config, report, list(prompts or DEFAULT_PROMPTS),
-                                             device)
+                                             device, given)
         report["max_logit_diff"] = report["validation"]["max_logit_diff"]
         report["greedy_match"] = report["validation"].get("greedy_match")
     report["timings"] = {k: round(v, 2) for k, v in timings.items()}
@@ -113,7 +116,7 @@ def _read_config(hf_dir: Path) -> dict[str, Any]:
 
 
 def _export_built(hf_dir: Path, out_dir: Path, config: dict[str, Any], device: str, options: OnnxOptions,
-                  dtype: str | None, timings: dict[str, float]) -> dict[str, Any]:
+                  dtype: str | None, timings: dict[str, float], given: RowScales | None = None) -> dict[str, Any]:
     """onnxruntime-genai's model builder on ``hf_dir`` (see :mod:`exporters.onnx.builder`)."""
     spec = get_arch_spec(config["model_type"])
     widths = config.get("intermediate_sizes") or [config[spec.width_attr]]
@@ -121,7 +124,7 @@ def _export_built(hf_dir: Path, out_dir: Path, config: dict[str, Any], device: s
     precision = builder_precision(options, device, dtype)
     with _timed(timings, "build_s"), status(f"Building the {precision} graph with onnxruntime-genai's model builder"):
         report = build_graph(hf_dir, out_dir, precision=precision, device=device, block=block, options=options,
-                             work=out_dir / ".prunenet-build")
+                             work=out_dir / ".prunenet-build", given=given if block else None)
     tune_genai_config(out_dir, config)
     report.update(dtype={"fp16": "float16", "bf16": "bfloat16"}.get(precision, "float32"),
                   quantize_head=options.quantize_head if block else None, num_layers=config["num_hidden_layers"],
@@ -146,7 +149,7 @@ def _export_traced(hf_dir: Path, out_dir: Path, device: str, optimize: bool,
 
 
 def _validate(hf_dir: Path, out_dir: Path, config: dict[str, Any], report: dict[str, Any], prompts: list[str],
-              device: str) -> dict[str, Any]:
+              device: str, given: RowScales | None = None) -> dict[str, Any]:
     """Float graphs: greedy decoding == torch's (and the genai generator's); 4/8-bit: vs torch fake-quant."""
     model, _ = load_for_export(hf_dir, device)
     if report.get("block_size"):
@@ -154,7 +157,7 @@ def _validate(hf_dir: Path, out_dir: Path, config: dict[str, Any], report: dict[
 
         bits = int(report["precision"].removeprefix("int"))
         return validate_quantized(model, out_dir, config, prompts, bits, report["block_size"],
-                                  head=bool(report["quantize_head"]), scales=report["scales"])
+                                  head=bool(report["quantize_head"]), scales=report["scales"], given=given)
     return validate_decoding(model, out_dir, config, prompts, report["dtype"], device, genai=report["genai"])
 
 

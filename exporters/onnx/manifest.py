@@ -15,15 +15,19 @@ from typing import Any
 __all__ = ["REPORT_FILE", "write_manifest", "read_manifest", "listed_files", "refresh_manifest"]
 
 REPORT_FILE = "prunenet-onnx.json"
+SCRATCH_PREFIX = ".prunenet-"
 
 
 def listed_files(out_dir: Path, *, exclude: tuple[Path, ...] = ()) -> list[str]:
-    """Every file under ``out_dir`` (relative, sorted) except those under ``exclude``, plus the report."""
+    """Every file under ``out_dir`` (relative, sorted) except those under ``exclude`` and the export's
+    scratch directories (``.prunenet-*``: healed or rounded tensors, the intermediate HF export, removed
+    before the commit), plus the report."""
     out_dir = Path(out_dir).resolve()
     skipped = [Path(p).resolve() for p in exclude]
     files = {REPORT_FILE}
     for path in out_dir.rglob("*"):
-        if path.is_file() and not any(path == s or s in path.parents for s in skipped):
+        scratch = path.relative_to(out_dir).parts[0].startswith(SCRATCH_PREFIX)
+        if path.is_file() and not scratch and not any(path == s or s in path.parents for s in skipped):
             files.add(str(path.relative_to(out_dir)))
     return sorted(files)
 

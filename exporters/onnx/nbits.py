@@ -18,28 +18,73 @@ rounds with the same function. The LM head keeps ONNX Runtime's rule: on the def
 (ratio 0.3, torch, weights only) MSE scales on the head cost more KL than round-to-nearest
 (0.115 against 0.090 with a float body), while on the decoder they cost less (0.301 against 0.319
 with a float head). 8-bit weights keep ONNX Runtime's rule.
+
+Weights GPTQ already rounded (:mod:`prunenet.quantization.rounding`) come with their scales
+(:class:`RowScales`), so the graph stores exactly GPTQ's codes. The builder hands the quantizer
+reshaped and packed matrices (QKV side by side) under names of its own, so a scale row is found by the
+content of the weight row it belongs to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
 
 from prunenet.quantization.schemes import SCHEMES
 
-__all__ = ["HEAD_NODE", "INT4_SCHEME", "mse_int4_scales", "pack_int4", "unpack_int4"]
+__all__ = ["HEAD_NODE", "INT4_SCHEME", "RowScales", "mse_int4_scales", "pack_int4", "unpack_int4"]
 
 INT4_SCHEME = SCHEMES["w4a16"]
 """Symmetric 4-bit integers, scales per group: the HF/vLLM w4a16 scheme, whose grid MatMulNBits shares."""
 
 
-def pack_int4(weight_kn: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class RowScales:
+    """Scales chosen before the build, by the content of the weight row (one output channel) they scale."""
+
+    def __init__(self) -> None:
+        self._rows: dict[bytes, np.ndarray] = {}
+
+    @staticmethod
+    def _key(row: np.ndarray) -> bytes:
+        return hashlib.blake2b(np.ascontiguousarray(row, dtype=np.float32).tobytes(), digest_size=16).digest()
+
+    def add(self, weight_nk: np.ndarray, scales: np.ndarray) -> None:
+        """``weight_nk``: ``[N, K]`` as the graph's builder will read it (fp32); ``scales``: ``[N, K/block]``."""
+        for row, scale in zip(weight_nk, scales, strict=True):
+            self._rows[self._key(row)] = np.asarray(scale, dtype=np.float32)
+
+    def lookup(self, weight_nk: np.ndarray) -> np.ndarray | None:
+        """``[N, K/block]`` scales of every row, or None if any row is unknown."""
+        found = [self._rows.get(self._key(row)) for row in weight_nk]
+        return None if any(s is None for s in found) else np.stack(found)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @classmethod
+    def from_weights(cls, weights, dtype) -> RowScales:
+        """From a :class:`~prunenet.healing.weights.HealedWeights` directory of GPTQ-rounded weights,
+        keyed by the weights as written in ``dtype`` and read back in fp32."""
+        from prunenet.quantization.rounding import SCALE_SUFFIX
+
+        table = cls()
+        for name in weights.names():
+            if name + SCALE_SUFFIX in weights:
+                w = weights.get(name).to(dtype).float().numpy()
+                table.add(w, weights.get(name + SCALE_SUFFIX).float().numpy())
+        return table
+
+
+def pack_int4(weight_kn: np.ndarray, block: int,
+              given: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(packed, scales, zero_points)`` of a ``[K, N]`` weight, as ONNX Runtime's quantizer returns them.
 
     Scales keep the weight's dtype (fp32, or fp16 for a CUDA fp16 graph) and are searched at that
-    precision, so the codes are those of the stored scales.
+    precision, so the codes are those of the stored scales; ``given`` ``[N, K/block]`` scales are used
+    as they are instead (GPTQ's, for a weight already on their grid).
     """
     import torch
 
@@ -50,7 +95,8 @@ def pack_int4(weight_kn: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray
         raise ValueError(f"block {block} does not divide K={k}")
     dtype = torch.float16 if weight_kn.dtype == np.float16 else torch.float32
     w = torch.from_numpy(np.ascontiguousarray(weight_kn.T, dtype=np.float32))  # [N, K]
-    scales = compute_scales(w, INT4_SCHEME, block, clipping="mse", scale_dtype=dtype)
+    scales = (torch.from_numpy(given).to(dtype).float() if given is not None
+              else compute_scales(w, INT4_SCHEME, block, clipping="mse", scale_dtype=dtype))
     codes = (quantize(w, scales, INT4_SCHEME).to(torch.int16) + 8).to(torch.uint8).numpy()
     codes = codes.reshape(n, k // block, block)
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
@@ -71,21 +117,24 @@ HEAD_NODE = "/lm_head/MatMul"
 
 
 @contextlib.contextmanager
-def mse_int4_scales(block: int, keep_rtn: tuple[str, ...] = (HEAD_NODE,)) -> Iterator[dict[str, int]]:
+def mse_int4_scales(block: int, keep_rtn: tuple[str, ...] = (HEAD_NODE,),
+                    given: RowScales | None = None) -> Iterator[dict[str, int]]:
     """While open, ONNX Runtime's symmetric 4-bit blockwise quantizer (QOperator format) writes
-    :func:`pack_int4`'s weights for every MatMul but those named in ``keep_rtn``; yields a counter of
-    the weights it wrote (``{"mse": n}``)."""
+    :func:`pack_int4`'s weights for every MatMul but those named in ``keep_rtn``, with the ``given``
+    scales of the weights that have them; yields a counter of the weights it wrote
+    (``{"mse": n, "gptq": m}``: searched here, given)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantizer
     from onnxruntime.quantization.quant_utils import QuantFormat
 
     original = DefaultWeightOnlyQuantizer.quantize_matmul
-    written = {"mse": 0}
+    written = {"mse": 0, "gptq": 0}
 
     def mse_block_quant(fp32weight):
         if fp32weight.ndim != 2 or fp32weight.shape[0] % block:
             raise ValueError(f"MatMulNBits weight {fp32weight.shape}: block {block} does not divide K")
-        written["mse"] += 1
-        return pack_int4(fp32weight, block)
+        scales = given.lookup(fp32weight.T) if given else None
+        written["mse" if scales is None else "gptq"] += 1
+        return pack_int4(fp32weight, block, scales)
 
     def quantize_matmul(self, node, graph_stack):
         cfg = self.config

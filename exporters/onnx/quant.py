@@ -98,14 +98,17 @@ def check_request(config: dict[str, Any], options: OnnxOptions, align: int, devi
     return block
 
 
-def check_target_quant(config: dict[str, Any], scheme: str, group: int | None, align: int, device: str) -> None:
-    """The ONNX target's ``quant_check`` (:class:`exporters.targets.Target`): refuse before any work."""
+def check_target_quant(config: dict[str, Any], scheme: str, group: int | None, align: int,
+                       device: str) -> int | None:
+    """The ONNX target's ``quant_check`` (:class:`exporters.targets.Target`): refuse before any work;
+    returns the block size (None without ``--quant``)."""
     from prunenet.device import resolve_device
 
-    check_request(config, OnnxOptions(quant=scheme, group=group), align, resolve_device(device).type)
+    return check_request(config, OnnxOptions(quant=scheme, group=group), align, resolve_device(device).type)
 
 
-def fake_quantize_(model: Any, bits: int, block: int, *, head: bool, scales: str | None = None) -> None:
+def fake_quantize_(model: Any, bits: int, block: int, *, head: bool, scales: str | None = None,
+                   given: Any = None) -> None:
     """The graph's weights on every decoder Linear (and the head if ``head``), in place.
 
     ``scales`` defaults to the graph's: ``"mse"`` for 4 bits, ``"rtn"`` for 8. ``"mse"`` (the 4-bit
@@ -116,7 +119,9 @@ def fake_quantize_(model: Any, bits: int, block: int, *, head: bool, scales: str
     / -2^(bits-1), so that value maps to the most negative code, codes clipped to [-2^(bits-1), 2^(bits-1) - 1].
     For a model that ties its embedding to the head the builder stores a 4-bit graph's embedding in 4 bits
     too (round-to-nearest; one matrix with the 4-bit head), whatever ``head``; untied models and 8-bit
-    graphs keep it float (ONNX Runtime's quantized Gather takes 4 bits only).
+    graphs keep it float (ONNX Runtime's quantized Gather takes 4 bits only). ``scales="gptq"``: the
+    decoder weights are GPTQ's, on the grid of the scales ``given``
+    (:class:`~exporters.onnx.nbits.RowScales`) holds for them; the head as for ``"mse"``.
     """
     import torch
 
@@ -124,7 +129,8 @@ def fake_quantize_(model: Any, bits: int, block: int, *, head: bool, scales: str
     from prunenet.quantization.numerics import fake_quantize
 
     scales = scales or ("mse" if bits == 4 else "rtn")
-    if scales not in ("mse", "rtn") or (scales == "mse" and bits != 4):
+    if scales not in ("mse", "rtn", "gptq") or (scales in ("mse", "gptq") and bits != 4) or \
+            (scales == "gptq") != (given is not None):
         raise ValueError(f"no {scales!r} scales for {bits}-bit weights")
     head_module = model.get_output_embeddings()
     tied = head_module is not None and head_module.weight is model.get_input_embeddings().weight
@@ -133,7 +139,14 @@ def fake_quantize_(model: Any, bits: int, block: int, *, head: bool, scales: str
             if not isinstance(module, torch.nn.Linear) or (module is head_module and not head):
                 continue
             w = module.weight.data
-            if scales == "mse" and module is not head_module:
+            found = given.lookup(w.float().numpy()) if scales == "gptq" and module is not head_module else None
+            if found is not None:
+                s = torch.from_numpy(found)
+                deq = (torch.round(w.float() / s.repeat_interleave(block, dim=1)).clamp(-8, 7)
+                       * s.repeat_interleave(block, dim=1))
+            elif scales == "gptq" and module is not head_module:
+                raise ValueError(f"no GPTQ scales for a {tuple(w.shape)} weight")
+            elif scales in ("mse", "gptq") and module is not head_module:
                 scale_dtype = torch.float16 if w.dtype == torch.float16 else torch.float32
                 deq = fake_quantize(w.float(), INT4_SCHEME, block, "mse", scale_dtype)
             else:

@@ -34,10 +34,10 @@ KL_TOL = {4: 0.15, 8: 0.05}
 
 
 def compare_to_reference(model, out_dir: Path, config: dict, prompts: list[str], bits: int, block: int, *,
-                         head: bool, scales: str | None = None) -> dict[str, Any]:
+                         head: bool, scales: str | None = None, given=None) -> dict[str, Any]:
     """Top-1 agreement and relative logit error of the graph vs the fake-quantized torch model."""
     reference = copy.deepcopy(model)
-    fake_quantize_(reference, bits, block, head=head, scales=scales)
+    fake_quantize_(reference, bits, block, head=head, scales=scales, given=given)
     ort_model, torch_model = OrtDecoder(out_dir), TorchDecoder(reference)
     agree = total = 0
     kl_sum = worst = 0.0
@@ -68,9 +68,10 @@ def _kl(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
 
 
 def validate_quantized(model, out_dir: Path, config: dict, prompts: list[str], bits: int, block: int, *,
-                       head: bool, scales: str | None = None) -> dict[str, Any]:
+                       head: bool, scales: str | None = None, given=None) -> dict[str, Any]:
     """:func:`compare_to_reference`, raising when it falls outside the bounds of the module docstring."""
-    result = compare_to_reference(model, out_dir, config, prompts, bits, block, head=head, scales=scales)
+    result = compare_to_reference(model, out_dir, config, prompts, bits, block, head=head, scales=scales,
+                                  given=given)
     tol = KL_TOL[bits]
     min_top1 = MIN_TOP1[bits]
     if result["top1_agreement"] < min_top1 or result["kl"] > tol:

@@ -53,7 +53,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     from exporters.staging import check_output_dir, staged_output
     from exporters.targets import get_target
     from prunenet.compute import Compute
-    from prunenet.jobs.rounding_step import check_rounding, gptq_step
+    from prunenet.jobs.rounding_step import gptq_step
     from prunenet.phases import PhaseLog
     from prunenet.planning.stats import parameter_stats
     from prunenet.preflight import check_memory
@@ -67,9 +67,8 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     ckpt = Checkpoint(source.path)
     compute = Compute.resolve(cfg.device, ckpt.dtype)
     _check_dtype(target, req.dtype, compute)
-    cfg, quant = _prepare_quant(target, req, cfg, source.path, ckpt.config)
     notes: list[str] = []
-    quant = check_rounding(quant, req.quant_rounding, source.path, notes)
+    cfg, quant, rounding = _prepare_quant(target, req, cfg, source.path, ckpt.config, notes)
     if req.heal is not None and req.heal_auto:
         from prunenet.healing.config import auto_heal_skip
         from prunenet.source.loaders import has_tokenizer
@@ -97,9 +96,9 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
             healing = _heal(source.path, plan, req, compute, stage / ".prunenet-healed", phases, cfg.policy, scored)
             plan = replace(plan, extra={**plan.extra, "healing": healing.record()})
         rounded = None
-        if quant is not None and quant.rounding == "gptq":
+        if rounding is not None:
             with phases.phase("quantize", compute.device):
-                rounded = gptq_step(source, plan, quant, _output_dtype(req.dtype, source, compute.stored), compute,
+                rounded = gptq_step(source, plan, rounding, _output_dtype(req.dtype, source, compute.stored), compute,
                                     result, healing, stage / ".prunenet-rounded")
         with phases.phase("write", compute.device):
             report = _write(target, source, plan, stage, req, compute, healing, quant, rounded)
@@ -134,21 +133,22 @@ def _check_dtype(target, dtype: str, compute) -> None:
                             f"{dtype}; drop --dtype, use --quant for smaller weights, or --device cuda")
 
 
-def _prepare_quant(target, req: ExportRequest, cfg, source: Path, config: dict):
-    """``(cfg, quant)``: the scheme checked before any work and the width step its kernels need; a target
-    that quantizes in its own format checks the request by its own rules instead."""
-    if target.quant_check is not None:
-        if req.quant_rounding == "gptq":
-            from prunenet.errors import PruneNetError
+def _prepare_quant(target, req: ExportRequest, cfg, source: Path, config: dict, notes: list[str]):
+    """``(cfg, quant, rounding)``: the scheme checked before any work and the width step its kernels need
+    (a target that quantizes in its own format checks the request by its own rules instead: ``quant`` is
+    then None), and the spec GPTQ rounds with (None: the writer rounds to nearest)."""
+    from prunenet.jobs.rounding_step import check_rounding, own_format_rounding
 
-            raise PruneNetError(f"--quant-rounding gptq applies to the compressed-tensors targets (hf, vllm), "
-                                f"not --target {target.name}")
-        target.check_quant()(config, req.quant, req.quant_group, cfg.align, cfg.device)
-        return cfg, None
+    if target.quant_check is not None:
+        group = target.check_quant()(config, req.quant, req.quant_group, cfg.align, cfg.device)
+        rounding = own_format_rounding(req.quant, group, req.quant_rounding, target.name, target.gptq_schemes)
+        rounding = check_rounding(rounding, req.quant_rounding, source, notes)
+        return cfg, None, rounding if rounding is not None and rounding.rounding == "gptq" else None
     from prunenet.quantization.request import prepare_quant
 
     quant, align = prepare_quant(source, req.quant, req.quant_group, cfg.tp, cfg.align, req.quant_rounding)
-    return replace(cfg, align=align), quant
+    quant = check_rounding(quant, req.quant_rounding, source, notes)
+    return replace(cfg, align=align), quant, quant if quant is not None and quant.rounding == "gptq" else None
 
 
 def _make_plan(req: ExportRequest, cfg, source, compute, phases):

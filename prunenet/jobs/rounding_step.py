@@ -8,7 +8,24 @@ from pathlib import Path
 from prunenet.errors import PruneNetError
 from prunenet.quantization.schemes import QuantSpec
 
-__all__ = ["check_rounding", "gptq_step"]
+__all__ = ["check_rounding", "gptq_step", "own_format_rounding"]
+
+
+def own_format_rounding(scheme: str, group: int | None, requested: str, target: str,
+                        schemes: tuple[str, ...] | None) -> QuantSpec | None:
+    """The GPTQ spec for a target that quantizes in its own format (``group``: its block size), or None."""
+    from prunenet.quantization.schemes import SCHEMES
+
+    if scheme == "none":
+        if requested != "auto":
+            raise PruneNetError("--quant-rounding needs --quant")
+        return None
+    if schemes is not None and scheme not in schemes:
+        if requested == "gptq":
+            raise PruneNetError(f"--quant-rounding gptq for --target {target} applies to {', '.join(schemes)}")
+        return None
+    rounding = SCHEMES[scheme].rounding if requested == "auto" else requested
+    return QuantSpec(scheme, group, "mse", rounding) if rounding == "gptq" else None
 
 
 def check_rounding(quant: QuantSpec | None, requested: str, source: Path, notes: list[str]) -> QuantSpec | None:
