@@ -90,8 +90,9 @@ _PLAN_HINT = "use --self-data 0 or --method prunenet (compact summaries), or ano
 
 
 def check_memory(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, compute: Compute,
-                 planning: bool = True, heal=None, validate: bool = True) -> list[PhaseEstimate]:
+                 planning: bool = True, heal=None, validate: bool = True, rounding=None) -> list[PhaseEstimate]:
     """Raise :class:`MemoryError_` (one line: need, available, what to change) when a phase cannot fit.
+    ``rounding``: the :class:`~prunenet.quantization.schemes.QuantSpec` GPTQ rounds with, if any.
 
     On CUDA, self-text generation may offload layers to host memory (accelerate), so it is checked
     against the GPU and the host together."""
@@ -105,6 +106,11 @@ def check_memory(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, compute:
         phases += [PhaseEstimate("heal-text", need["heal-text"], "lower --heal-tokens, or use --no-heal"),
                    PhaseEstimate("heal", min(need[m] for m in modes),
                                  "use --heal-mode block, lower --heal-batch, or --no-heal")]
+    if rounding is not None:
+        from prunenet.quantization.rounding import CALIBRATION_TOKENS, gptq_bytes
+
+        tokens = max(cfg.self_data, heal.tokens if heal is not None else 0, CALIBRATION_TOKENS)
+        phases.append(PhaseEstimate("quantize", gptq_bytes(ckpt, tokens), "use --quant-rounding nearest"))
     for phase in phases:
         available = device_free + (host_free if phase.name == "self-text" else 0)
         need = phase.need + (RUNTIME_BYTES if device.type == "cpu" else 0)

@@ -176,3 +176,22 @@ def test_writer_and_self_check_use_the_given_scales(scheme, group):
     layer.weight.data.copy_(rounded)
     fake_quantize_layer_(layer, "m.", {"m.weight"}, spec, torch.float32, scales=lambda n: given)
     torch.testing.assert_close(layer.weight.data, rounded, rtol=0, atol=0)
+
+
+def test_preflight_counts_the_quantize_phase(tiny_with_tokenizer):
+    """The pre-flight adds GPTQ's phase (its moments grow with K^2) only when GPTQ will run."""
+    from prunenet.compute import Compute
+    from prunenet.planning.config import PruneConfig
+    from prunenet.preflight import check_memory
+    from prunenet.quantization.rounding import gptq_bytes
+    from prunenet.quantization.schemes import QuantSpec
+    from prunenet.source.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(tiny_with_tokenizer)
+    compute = Compute.resolve("cpu", ckpt.dtype)
+    cfg = PruneConfig(ratio=0.3)
+    plain = check_memory(ckpt, cfg, evaluate=False, compute=compute)
+    phases = check_memory(ckpt, cfg, evaluate=False, compute=compute, rounding=QuantSpec("w4a16", 32, "mse", "gptq"))
+    assert [p.name for p in phases] == [p.name for p in plain] + ["quantize"]
+    hidden = ckpt.config["hidden_size"]
+    assert phases[-1].need == gptq_bytes(ckpt, 2048) > 7 * hidden * hidden * 4  # at least every linear's moment

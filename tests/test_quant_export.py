@@ -107,3 +107,21 @@ def test_quality_report_shows_quantizations_own_share(tiny_models, tmp_path):
     assert q["unquantized"]["kl"] == pytest.approx(p["kl"], rel=1e-4, abs=1e-6)  # the same plan, unquantized
     assert q["kl"] != pytest.approx(p["kl"], rel=1e-3)  # 4-bit weights do change the output
     assert q["quantization_kl"] == pytest.approx(q["kl"] - p["kl"], rel=1e-3, abs=1e-6)
+
+
+def test_healed_quantized_report_takes_the_unquantized_side_from_healing(tiny_models, tmp_path):
+    """A healed export keeps no floating-point copy; healing scored its weights on the report's text, so
+    quantization's share is measured against that."""
+    from tiny_models import with_tokenizer
+
+    src = with_tokenizer(tiny_models["llama"], tmp_path / "src")
+    args = ["export", "--model", str(src), "--self-data", "0", "--episodes", "1", "--ratio", "0.45", "--heal",
+            "--heal-tokens", "1024", "--heal-steps", "2", "--quant", "w8a8", "--json", "--out", str(tmp_path / "q")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    healed = report["healing"]["reference_after"]
+    q = report["quality"]
+    assert q["unquantized"]["kl"] == pytest.approx(healed["kl"])
+    assert q["quantization_kl"] == pytest.approx(q["kl"] - healed["kl"])
+    assert report["healing"]["reference_after"]["tokens"] == q["n_tokens"]  # the same text was scored

@@ -79,7 +79,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     scored = req.evaluate and target.quality_report
     # before any long step: refuse what cannot fit, write nothing
     check_memory(ckpt, cfg, evaluate=scored, compute=compute, planning=req.plan is None,
-                 heal=req.heal, validate=req.validate)
+                 heal=req.heal, validate=req.validate, rounding=rounding)
     phases = PhaseLog()
     result = _make_plan(req, cfg, source, compute, phases)
     plan = replace(result.plan, extra={k: v for k, v in result.plan.extra.items()
@@ -108,7 +108,8 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         if scored:
             with phases.phase("eval", compute.device):
                 quality = (target.score()(stage, source.path, str(compute.device)) if target.scorer else
-                           _quality(stage, source.path, compute, plan if quant and healing is None else None))
+                           _quality(stage, source.path, compute, plan if quant and healing is None else None,
+                                    healing.outcome.reference_after if quant and healing is not None else None))
         if target.post_check is not None:
             report[target.post_check], warning = POST_CHECKS[target.post_check](stage)
             warnings += [warning] if warning else []
@@ -254,9 +255,10 @@ GENRE_KEYS = ("n_tokens", "dense_ppl", "pruned_ppl", "ppl_ratio", "kl", "top1_ag
 """What the report keeps of each genre's score (``quality["genres"]``)."""
 
 
-def _quality(out: Path, source: Path, compute, unquantized=None) -> dict[str, Any]:
+def _quality(out: Path, source: Path, compute, unquantized=None, healed: dict | None = None) -> dict[str, Any]:
     """The report on every bundled genre (the first genre's in full at the top level); for a quantized export,
-    the same plan unquantized beside it (quantization's own share)."""
+    the same plan unquantized beside it (quantization's own share): scored here, or for a healed export
+    healing's own score of its floating-point weights on the same text (``healed``)."""
     from prunenet.evaluation.directories import evaluate_genres
 
     reports = {genre: r.to_dict() for genre, r in evaluate_genres(out, source, device=str(compute.device)).items()}
@@ -268,6 +270,9 @@ def _quality(out: Path, source: Path, compute, unquantized=None) -> dict[str, An
         plain = evaluate_plan(source, unquantized, device=str(compute.device)).to_dict()
         quality["unquantized"] = {k: plain[k] for k in ("pruned_ppl", "ppl_ratio", "kl", "top1_agreement")}
         quality["quantization_kl"] = quality["kl"] - plain["kl"]
+    elif healed is not None:
+        quality["unquantized"] = {k: healed[k] for k in ("ppl_ratio", "kl")}
+        quality["quantization_kl"] = quality["kl"] - healed["kl"]
     return quality
 
 

@@ -22,12 +22,30 @@ from prunenet.planning.plan import PruningPlan
 from prunenet.quantization.gptq import gptq_round
 from prunenet.quantization.schemes import QuantSpec
 
-__all__ = ["gptq_weights", "given_scales", "calibration_rows", "SCALE_SUFFIX", "CALIBRATION_TOKENS"]
+__all__ = ["gptq_weights", "gptq_bytes", "given_scales", "calibration_rows", "SCALE_SUFFIX", "CALIBRATION_TOKENS"]
 
 SCALE_SUFFIX = "_scale"
 """A rounded ``...weight``'s scales are stored as ``...weight_scale`` (compressed-tensors' name)."""
 CALIBRATION_TOKENS = 2048
 """Self-text generated for the rounding when neither planning nor healing wrote any (``--self-data 0``)."""
+
+
+def gptq_bytes(ckpt, tokens: int) -> int:
+    """Peak bytes of :func:`gptq_weights`: the streamed source in fp32 (embeddings, head, one layer), every
+    linear's X^T X of one layer, the largest weight's GPTQ working copies and its moment's inverse, and
+    the self-text's hidden states (in and out of the layer)."""
+    from prunenet.arch import get_arch_spec
+    from prunenet.memory import model_sizes
+    from prunenet.quantization.checks import linear_shapes
+
+    spec = get_arch_spec(ckpt.config.get("model_type"))
+    sizes = model_sizes(ckpt, spec, 4)
+    layer0 = {n: s for n, s in linear_shapes(ckpt.shapes(), spec.layers_prefix).items()
+              if n.startswith(f"{spec.layers_prefix}.0.")}
+    moments = sum(k * k * 4 for _, k in layer0.values())
+    work = max((4 * n * k * 4 + 3 * k * k * 4 for n, k in layer0.values()), default=0)
+    hidden = 2 * tokens * int(ckpt.config.get("hidden_size") or 0) * 4
+    return sizes.rest + 2 * sizes.per_layer + moments + work + hidden
 
 
 def calibration_rows(self_text: list[torch.Tensor] | None, heal_text: list[torch.Tensor] | None, source: Path,
