@@ -50,6 +50,8 @@ class Target:
     gptq_schemes: tuple[str, ...] | None = None
     """For a target with ``quant_check``: the schemes whose weights GPTQ may round before the target
     quantizes them itself (it must then store exactly the codes of the scales it is given)."""
+    gptq_head: bool = False
+    """GPTQ rounds the LM head too: the target stores it quantized (compressed-tensors targets keep it float)."""
     cpu_dtypes: tuple[str, ...] | None = None
     """The ``--dtype`` values the target can compute in on a CPU (None: any); others are refused up front
     rather than silently written in another dtype."""
@@ -79,7 +81,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            finalize="exporters.onnx.manifest:refresh_manifest",
            next_step="benchmark: prunenet bench {out} --engine onnxruntime onnxruntime-genai",
            scorer="exporters.onnx.quality:quality_report", quant_check="exporters.onnx.quant:check_target_quant",
-           gptq_schemes=("w4a16",), cpu_dtypes=("float32",)),
+           gptq_schemes=("w4a16",), gptq_head=True, cpu_dtypes=("float32",)),
 )}
 
 

@@ -137,6 +137,8 @@ def test_onnx_w4a16_export_rounds_with_gptq(tiny_with_tokenizer, tmp_path):
     assert code == 0, output
     onnx_report = report["export"]["onnx"]
     assert onnx_report["scales"] == "gptq" and "quantize" in [p["name"] for p in report["phases"]]
+    # every decoder MatMul (packed qkv, o, gate, up, down per layer) and the head hold GPTQ's codes
+    assert onnx_report["int4_weights"] == {"gptq": 3 * 5 + 1, "mse": 0, "rtn": 0}
     assert onnx_report["validation"]["kl"] < 0.05  # against torch with the same codes (the bound is 0.15)
     manifest = json.loads((tmp_path / "gptq" / "prunenet-onnx.json").read_text())["files"]
     assert not [f for f in manifest if ".prunenet-" in f]
@@ -146,6 +148,7 @@ def test_onnx_w4a16_export_rounds_with_gptq(tiny_with_tokenizer, tmp_path):
                                     "w4a16", "--quant-rounding", "nearest")
     assert code == 0, output
     assert nearest["export"]["onnx"]["scales"] == "mse" and "quantize" not in [p["name"] for p in nearest["phases"]]
+    assert nearest["export"]["onnx"]["int4_weights"] == {"gptq": 0, "mse": 3 * 5, "rtn": 1}
 
 
 @pytest.mark.parametrize("scheme, group", [("w4a16", 32), ("w8a8", None)])

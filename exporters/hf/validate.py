@@ -22,7 +22,7 @@ from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_layer_plan_
 from prunenet.quantization.apply import fake_quantize_layer_
 from prunenet.quantization.checks import linear_shapes
-from prunenet.quantization.rounding import given_scales
+from prunenet.quantization.rounding import SCALE_SUFFIX, given_scales
 from prunenet.quantization.schemes import QuantSpec
 from prunenet.source.layerwise import LayerwiseModel
 
@@ -42,6 +42,7 @@ def validate_hf_export(source: Path, out: Path, plan: PruningPlan, *, dtype: tor
     """
     spec = get_arch_spec(plan.model_type)
     reference = LayerwiseModel(source, device=device, dtype=torch.float32, round_to=dtype)
+    _outside_layers(reference, healed, spec.layers_prefix + ".", dtype)
     exported = LayerwiseModel(out, device=device, dtype=torch.float32)
     linears = set(linear_shapes(reference.ckpt.shapes(), spec.layers_prefix))
     vocab = int(reference.config.vocab_size)
@@ -63,3 +64,15 @@ def validate_hf_export(source: Path, out: Path, plan: PruningPlan, *, dtype: tor
     if not diff <= spec.atol * max(1.0, expected.abs().max().item()):
         raise ExportValidationError(f"exported model differs from the pruned model (max |logit diff| {diff:.3g})")
     return diff
+
+
+def _outside_layers(reference: LayerwiseModel, healed: HealedWeights | None, layers: str,
+                    dtype: torch.dtype | None) -> None:
+    """Tensors outside the decoder layers that the export replaced (a GPTQ-rounded LM head, which may be
+    the tied embedding): copied in place, so a tie stays a tie."""
+    if healed is None:
+        return
+    for name in healed.names():
+        if not name.startswith(layers) and not name.endswith(SCALE_SUFFIX):
+            param = reference.model.get_parameter(name)
+            param.data.copy_(healed.get(name).to(dtype or param.dtype).to(param.dtype))

@@ -87,7 +87,8 @@ def build_graph(hf_dir: Path, out_dir: Path, *, precision: str, device: str, blo
         raise OnnxBuildError(f"{written['mse']} int4 weight(s) did not match the GPTQ-rounded weights; "
                              "the graph would not hold the codes GPTQ chose")
     return {"builder": "onnxruntime-genai model builder", "precision": precision, "execution_provider": ep,
-            "block_size": block, "scales": scales, "external_data": external, "builder_options": extra}
+            "block_size": block, "scales": scales, "external_data": external, "builder_options": extra,
+            "int4_weights": dict(written) if mse else None}
 
 
 def _make_view(hf_dir: Path, view: Path, config: dict[str, Any]) -> None:

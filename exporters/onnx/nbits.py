@@ -120,28 +120,36 @@ HEAD_NODE = "/lm_head/MatMul"
 def mse_int4_scales(block: int, keep_rtn: tuple[str, ...] = (HEAD_NODE,),
                     given: RowScales | None = None) -> Iterator[dict[str, int]]:
     """While open, ONNX Runtime's symmetric 4-bit blockwise quantizer (QOperator format) writes
-    :func:`pack_int4`'s weights for every MatMul but those named in ``keep_rtn``, with the ``given``
-    scales of the weights that have them; yields a counter of the weights it wrote
-    (``{"mse": n, "gptq": m}``: searched here, given)."""
+    :func:`pack_int4`'s weights for every MatMul, with the ``given`` scales of the weights that have
+    them; those named in ``keep_rtn`` keep ONNX Runtime's own rounding unless their scales are given.
+    Yields a counter of the weights written (``{"mse": n, "gptq": m, "rtn": r}``)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantizer
     from onnxruntime.quantization.quant_utils import QuantFormat
 
     original = DefaultWeightOnlyQuantizer.quantize_matmul
-    written = {"mse": 0, "gptq": 0}
+    written = {"mse": 0, "gptq": 0, "rtn": 0}
 
-    def mse_block_quant(fp32weight):
+    def block_quant(fp32weight, own_rounding=None):
         if fp32weight.ndim != 2 or fp32weight.shape[0] % block:
             raise ValueError(f"MatMulNBits weight {fp32weight.shape}: block {block} does not divide K")
         scales = given.lookup(fp32weight.T) if given else None
+        if scales is None and own_rounding is not None:
+            written["rtn"] += 1
+            return own_rounding(fp32weight)
         written["mse" if scales is None else "gptq"] += 1
         return pack_int4(fp32weight, block, scales)
 
     def quantize_matmul(self, node, graph_stack):
         cfg = self.config
         if (cfg.bits != 4 or not cfg.is_symmetric or cfg.quant_format != QuantFormat.QOperator
-                or cfg.block_size != block or node.name in keep_rtn):
+                or cfg.block_size != block):
             return original(self, node, graph_stack)
-        self.qbits_block_quant = mse_block_quant  # this call only: the instance attribute shadows the method
+        if node.name in keep_rtn and not given:
+            written["rtn"] += 1
+            return original(self, node, graph_stack)
+        own = self.qbits_block_quant if node.name in keep_rtn else None
+        # this call only: the instance attribute shadows the method
+        self.qbits_block_quant = lambda w: block_quant(w, own)
         try:
             return original(self, node, graph_stack)
         finally:

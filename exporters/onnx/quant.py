@@ -120,8 +120,8 @@ def fake_quantize_(model: Any, bits: int, block: int, *, head: bool, scales: str
     For a model that ties its embedding to the head the builder stores a 4-bit graph's embedding in 4 bits
     too (round-to-nearest; one matrix with the 4-bit head), whatever ``head``; untied models and 8-bit
     graphs keep it float (ONNX Runtime's quantized Gather takes 4 bits only). ``scales="gptq"``: the
-    decoder weights are GPTQ's, on the grid of the scales ``given``
-    (:class:`~exporters.onnx.nbits.RowScales`) holds for them; the head as for ``"mse"``.
+    decoder weights (and the head, when GPTQ rounded it: then the tied embedding is that matrix too) are
+    GPTQ's, on the grid of the scales ``given`` (:class:`~exporters.onnx.nbits.RowScales`) holds for them.
     """
     import torch
 
@@ -134,12 +134,13 @@ def fake_quantize_(model: Any, bits: int, block: int, *, head: bool, scales: str
         raise ValueError(f"no {scales!r} scales for {bits}-bit weights")
     head_module = model.get_output_embeddings()
     tied = head_module is not None and head_module.weight is model.get_input_embeddings().weight
+    head_gptq = False
     with torch.no_grad():
         for module in model.modules():
             if not isinstance(module, torch.nn.Linear) or (module is head_module and not head):
                 continue
             w = module.weight.data
-            found = given.lookup(w.float().numpy()) if scales == "gptq" and module is not head_module else None
+            found = given.lookup(w.float().numpy()) if scales == "gptq" else None
             if found is not None:
                 s = torch.from_numpy(found)
                 deq = (torch.round(w.float() / s.repeat_interleave(block, dim=1)).clamp(-8, 7)
@@ -153,11 +154,15 @@ def fake_quantize_(model: Any, bits: int, block: int, *, head: bool, scales: str
                 deq = _round_to_nearest(w.float(), bits, block)
             if module is head_module and module.weight is model.get_input_embeddings().weight:
                 module.weight = torch.nn.Parameter(deq.to(module.weight.dtype))  # untie: rounded below if at all
+                head_gptq = found is not None
             else:
                 module.weight.data.copy_(deq)
         if bits == 4 and tied:
             embed = model.get_input_embeddings().weight
-            embed.data.copy_(_round_to_nearest(embed.data.float(), 4, block).to(embed.dtype))
+            if head and head_gptq:  # the graph's one 4-bit matrix is the GPTQ-rounded head
+                embed.data.copy_(head_module.weight.data)
+            else:
+                embed.data.copy_(_round_to_nearest(embed.data.float(), 4, block).to(embed.dtype))
 
 
 def _round_to_nearest(w: Any, bits: int, block: int) -> Any:

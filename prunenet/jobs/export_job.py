@@ -99,7 +99,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         if rounding is not None:
             with phases.phase("quantize", compute.device):
                 rounded = gptq_step(source, plan, rounding, _output_dtype(req.dtype, source, compute.stored), compute,
-                                    result, healing, stage / ".prunenet-rounded")
+                                    result, healing, stage / ".prunenet-rounded", head=target.gptq_head)
         with phases.phase("write", compute.device):
             report = _write(target, source, plan, stage, req, compute, healing, quant, rounded)
         if result.policy is not None and cfg.policy is None:

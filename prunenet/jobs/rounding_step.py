@@ -43,9 +43,10 @@ def check_rounding(quant: QuantSpec | None, requested: str, source: Path, notes:
     return replace(quant, rounding="nearest")
 
 
-def gptq_step(source, plan, quant: QuantSpec, dtype_name: str, compute, result, healing, workdir: Path):
+def gptq_step(source, plan, quant: QuantSpec, dtype_name: str, compute, result, healing, workdir: Path,
+              head: bool = False):
     """:func:`~prunenet.quantization.rounding.gptq_weights` on the plan's self-text, else healing's, else
-    fresh self-text; ``dtype_name``: the written dtype."""
+    fresh self-text; ``dtype_name``: the written dtype; ``head``: the target quantizes the LM head too."""
     import torch
 
     from prunenet.quantization.rounding import calibration_rows, gptq_weights
@@ -53,4 +54,4 @@ def gptq_step(source, plan, quant: QuantSpec, dtype_name: str, compute, result, 
     rows = calibration_rows(result.self_text, healing.text.rows if healing is not None else None, source.path,
                             plan.seed, compute.device, compute.generate)
     return gptq_weights(source.path, plan, quant, rows, workdir, dtype=getattr(torch, dtype_name),
-                        healed=healing.weights if healing is not None else None, device=compute.device)
+                        healed=healing.weights if healing is not None else None, head=head, device=compute.device)

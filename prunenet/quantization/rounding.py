@@ -43,8 +43,10 @@ def gptq_bytes(ckpt, tokens: int) -> int:
     layer0 = {n: s for n, s in linear_shapes(ckpt.shapes(), spec.layers_prefix).items()
               if n.startswith(f"{spec.layers_prefix}.0.")}
     moments = sum(k * k * 4 for _, k in layer0.values())
-    work = max((4 * n * k * 4 + 3 * k * k * 4 for n, k in layer0.values()), default=0)
-    hidden = 2 * tokens * int(ckpt.config.get("hidden_size") or 0) * 4
+    d, vocab = int(ckpt.config.get("hidden_size") or 0), int(ckpt.config.get("vocab_size") or 0)
+    shapes = [*layer0.values(), (vocab, d)]  # the head, when the target rounds it too
+    work = max(4 * n * k * 4 + 3 * k * k * 4 for n, k in shapes)
+    hidden = 2 * tokens * d * 4
     return sizes.rest + 2 * sizes.per_layer + moments + work + hidden
 
 
@@ -68,16 +70,17 @@ def given_scales(weights: HealedWeights | None) -> Callable[[str], torch.Tensor 
 
 
 def gptq_weights(source: Path, plan: PruningPlan, quant: QuantSpec, rows: list[torch.Tensor], out: Path, *,
-                 dtype: torch.dtype, healed: HealedWeights | None = None,
+                 dtype: torch.dtype, healed: HealedWeights | None = None, head: bool = False,
                  device: torch.device | str = "cpu") -> HealedWeights:
     """Round every decoder linear of ``plan``'s model with GPTQ on the id ``rows``; write them to ``out``.
 
     ``dtype``: the dtype the export is written in (weights are rounded to it first, and the scales are
     stored in it, as the writer does). ``healed`` tensors replace the sliced source's and are carried
-    over (the ones that are not quantized, such as biases, unchanged)."""
+    over (the ones that are not quantized, such as biases, unchanged). ``head``: round the LM head too,
+    on the final hidden states (stored under its checkpoint name: the embedding's, when they are tied)."""
     from prunenet.arch import get_arch_spec
     from prunenet.planning.surgery import apply_layer_plan_
-    from prunenet.progress import track
+    from prunenet.progress import status, track
     from prunenet.quantization.checks import linear_shapes
     from prunenet.source.layerwise import LayerwiseModel
 
@@ -105,7 +108,39 @@ def gptq_weights(source: Path, plan: PruningPlan, quant: QuantSpec, rows: list[t
                 tensors |= {n: healed.get(n) for n in healed.names() if n.startswith(prefix) and n not in tensors}
             result.save_layer(i, tensors)
             hidden = lm.forward_layer(module, i, hidden, kwargs)
+    if head:
+        name, weight = _head_weight(lm)
+        with status("Rounding the LM head (GPTQ on self-text)"):
+            moment = _head_moment(lm, rows, hidden)
+            rounded, scales = gptq_round(weight, moment, quant.info, quant.group, quant.clipping, scale_dtype=dtype)
+        result.save_layer(lm.num_layers, {name: rounded, name + SCALE_SUFFIX: scales})
     return result
+
+
+def _head_weight(lm) -> tuple[str, torch.Tensor]:
+    """The LM head's weight and the name the checkpoint stores it under."""
+    weight = lm.model.get_output_embeddings().weight
+    names = [n for n, p in lm.model.named_parameters(remove_duplicate=False) if p is weight and n in lm.ckpt.weight_map]
+    if not names:
+        raise ValueError("the LM head's weight is not in the checkpoint")
+    return names[0], weight
+
+
+def _head_moment(lm, rows: list[torch.Tensor], final: list[torch.Tensor]) -> torch.Tensor:
+    """``X^T X`` of the head's inputs (the final norm's outputs) over all rows."""
+    total: list[torch.Tensor] = []
+
+    def accumulate(_module, args):
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        total.append(x.T @ x if not total else total.pop() + x.T @ x)
+
+    handle = lm.model.get_output_embeddings().register_forward_pre_hook(accumulate)
+    try:
+        for ids, h in zip(rows, final, strict=True):
+            lm.logits(ids.reshape(1, -1), h)
+    finally:
+        handle.remove()
+    return total[0].cpu()
 
 
 def _input_moments(lm, module: torch.nn.Module, index: int, hidden, kwargs,
