@@ -91,6 +91,7 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
       prunenet-export --model ./my-llama --ratio 0.2 --policy out/prunenet-policy.safetensors --out out-0.2
       prunenet-export --ratio 0.3 --no-heal --no-eval --out out-quick          # no healing, no report: quickest
       prunenet-export --ratio 0.3 --heal-tokens 12288 --heal-steps 100 --out out-healed   # longer healing
+      prunenet-export --ratio 0.3 --quant w4a16 --target vllm --out out-w4   # healed, then 4-bit GPTQ on self-text
     """
     setup_output(quiet, verbose, as_json)
     from prunenet.jobs.api import export

@@ -22,7 +22,7 @@ __all__ = ["gptq_round", "DAMPING", "COLUMN_BLOCK"]
 
 DAMPING = 0.01
 """Added to H's diagonal, as a fraction of its mean: keeps the inverse stable for rarely used inputs."""
-COLUMN_BLOCK = 128
+COLUMN_BLOCK = 32
 
 
 @torch.no_grad()
@@ -35,7 +35,7 @@ def gptq_round(w: torch.Tensor, hessian: torch.Tensor, scheme: QuantScheme, grou
     (nothing reaches them)."""
     w = w.detach().float().clone()
     n, k = w.shape
-    h = hessian.detach().float().clone()
+    h = hessian.detach().to(w.device, torch.float32).clone()
     if h.shape != (k, k):
         raise ValueError(f"hessian {tuple(h.shape)} does not match K={k}")
     dead = torch.diag(h) == 0
@@ -65,7 +65,7 @@ def gptq_round(w: torch.Tensor, hessian: torch.Tensor, scheme: QuantScheme, grou
 def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
     """Upper Cholesky factor of H^-1 (after damping), retrying with more damping if H is near singular."""
     mean = torch.diag(h).mean()
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     for damp in (DAMPING, 0.1, 1.0):
         factor, info = torch.linalg.cholesky_ex(h + damp * mean * eye)
         if not info:

@@ -140,7 +140,7 @@ def _head_moment(lm, rows: list[torch.Tensor], final: list[torch.Tensor]) -> tor
             lm.logits(ids.reshape(1, -1), h)
     finally:
         handle.remove()
-    return total[0].cpu()
+    return total[0]
 
 
 def _input_moments(lm, module: torch.nn.Module, index: int, hidden, kwargs,
@@ -160,4 +160,4 @@ def _input_moments(lm, module: torch.nn.Module, index: int, hidden, kwargs,
     finally:
         for h in handles:
             h.remove()
-    return {name: s.cpu() for name, s in sums.items()}
+    return sums
