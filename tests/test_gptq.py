@@ -198,3 +198,16 @@ def test_preflight_counts_the_quantize_phase(tiny_with_tokenizer):
     assert [p.name for p in phases] == [p.name for p in plain] + ["quantize"]
     hidden = ckpt.config["hidden_size"]
     assert phases[-1].need == gptq_bytes(ckpt, 2048) > 7 * hidden * hidden * 4  # at least every linear's moment
+
+
+def test_calibration_prefers_healing_text_then_the_plans_then_fresh(tiny_with_tokenizer):
+    from prunenet.quantization.rounding import CALIBRATION_TOKENS, calibration_rows
+
+    plan_text, heal_text = [torch.arange(8).reshape(1, -1)], [torch.arange(16).reshape(1, -1)]
+    cpu = torch.device("cpu")
+    assert calibration_rows(plan_text, heal_text, tiny_with_tokenizer, 0, cpu, torch.float32) is heal_text
+    assert calibration_rows(plan_text, None, tiny_with_tokenizer, 0, cpu, torch.float32) is plan_text
+    fresh = calibration_rows(None, None, tiny_with_tokenizer, 0, cpu, torch.float32)
+    assert sum(r.numel() for r in fresh) >= CALIBRATION_TOKENS
+    again = calibration_rows(None, None, tiny_with_tokenizer, 0, cpu, torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, again, strict=True))  # seeded: the same text
