@@ -75,8 +75,10 @@ def _healing_rows(plan: PruningPlan) -> str:
             ("reference text", h.get("reference_before"), h.get("reference_after"))]
     table = "\n".join(f"| {name} | {b['kl']:.4f} -> {a['kl']:.4f} | x{b['ppl_ratio']:.3f} -> x{a['ppl_ratio']:.3f} |"
                       for name, b, a in rows if b and a)
+    refit = (f"{h['refit_layers']} output projections refit by least squares, then " if h.get("refit_layers")
+             else "")
     return (f"Healed `{h.get('mode')}` on {h.get('tokens', 0):,} tokens of text the dense model wrote itself "
-            f"(no user data): {h.get('steps', 0)} steps, lr {s.get('lr')}, {h.get('healed_tensors', 0)} FFN "
+            f"(no user data): {refit}{h.get('steps', 0)} steps, lr {s.get('lr')}, {h.get('healed_tensors', 0)} FFN "
             f"tensors trained, {h.get('seconds', 0):.0f} s. Before -> after, against the dense model:\n\n"
             "| text | KL(dense \\|\\| pruned) | perplexity ratio |\n|---|---|---|\n" + table + "\n")
 

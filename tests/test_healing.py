@@ -173,6 +173,7 @@ def test_cli_heal_records_healing_in_plan_and_card(tiny_models, tmp_path):
     assert PruningPlan.load(out / "prunenet-plan.json").extra["healing"] == healing
     card = (out / "README.md").read_text()
     assert "## Healing" in card and "held-out self-text" in card and "reference text" in card
+    assert healing["settings"]["refit"] and f"{healing['refit_layers']} output projections refit" in card
     # no adapter or scratch files: only the healing text, kept beside the policy for healing again
     assert [p.name for p in out.iterdir() if "heal" in p.name] == [HEAL_TEXT_FILE]
     assert [p["name"] for p in result["phases"]][:2] == ["read", "training"]
@@ -286,3 +287,83 @@ def test_auto_heal_rule():
     assert auto_heal_skip(135_000_000) is None and auto_heal_skip(AUTO_MAX_PARAMS) is None
     assert "6,738M" in auto_heal_skip(6_738_415_616) and "pass --heal" in auto_heal_skip(AUTO_MAX_PARAMS + 1)
     assert "tokenizer" in auto_heal_skip(135_000_000, has_tokenizer=False)
+
+
+def test_refit_projection_is_the_regularised_least_squares_fit():
+    from prunenet.healing.refit import refit_projection
+
+    g = torch.Generator().manual_seed(0)
+    # correlated neurons (as real FFN activations are): the kept ones can stand in for the dropped ones
+    acts = torch.randn(400, 8, generator=g) @ torch.randn(8, 24, generator=g) + 0.1 * torch.randn(400, 24, generator=g)
+    weight = torch.randn(6, 24, generator=g)
+    kept = [0, 3, 4, 9, 15, 20, 23, 11, 7]
+    kept.sort()
+    gram = (acts.T @ acts).double()
+    target = acts @ weight.T
+
+    def error(w: torch.Tensor) -> float:
+        return float((acts[:, kept] @ w.T - target).square().sum())
+
+    exact = torch.linalg.lstsq(acts[:, kept].double(), target.double()).solution.T.float()
+    assert torch.allclose(refit_projection(weight, gram, kept, damping=1e-9), exact, rtol=1e-3, atol=1e-3)
+    fitted = refit_projection(weight, gram, kept, damping=1.0)
+    assert error(exact) <= error(fitted) < 0.5 * error(weight[:, kept])  # between the exact fit and the slice
+    assert torch.allclose(refit_projection(weight, gram, kept, damping=1e6), weight[:, kept], atol=1e-3)
+    assert refit_projection(weight, torch.zeros_like(gram), kept) is None  # kept neurons never fired
+
+
+def test_refit_records_only_the_training_rows_of_the_dense_pass(tiny_models):
+    """The Gram matrices come from the dense layers' own output-projection inputs on the first rows."""
+    from prunenet.healing.refit import OutputRefit, output_projection, refit_projection
+    from prunenet.source.layerwise import LayerwiseModel
+
+    src = tiny_models["llama"]
+    plan = outlier_plan(src)
+    text = _text(_cfg())
+    lm = LayerwiseModel(src)
+    refit = OutputRefit(lm.spec, plan, rows=len(text.train))
+    lm.final_hidden(text.train + text.held_out, edit=refit)
+    refit.finish()
+    dense = AutoModelForCausalLM.from_pretrained(src).eval()
+    layers = dense.get_submodule(lm.spec.layers_prefix)
+    pruned = [i for i, lp in enumerate(plan.layers) if lp.width != lp.original_width]
+    assert sorted(refit.weights) == pruned
+    for i in pruned:
+        linear = output_projection(layers[i], lm.spec)
+        inputs: list[torch.Tensor] = []
+        handle = linear.register_forward_pre_hook(
+            lambda _m, args, seen=inputs: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+        with torch.no_grad():
+            for row in text.train:
+                dense(row)
+        handle.remove()
+        acts = torch.cat(inputs).double()
+        expected = refit_projection(linear.weight.detach(), acts.T @ acts, plan.layers[i].kept)
+        assert torch.allclose(refit.weights[i], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", list(HEAL_MODES))
+def test_healing_starts_from_the_refit_when_it_helps(tiny_models, tmp_path, mode):
+    plan, on = _heal(tiny_models["llama"], mode, tmp_path / "on", _cfg(steps=1))
+    _, off = _heal(tiny_models["llama"], mode, tmp_path / "off", _cfg(steps=1, refit=False), plan)
+    assert on.refit_layers == sum(lp.width != lp.original_width for lp in plan.layers) > 0
+    assert off.refit_layers == 0
+    assert on.held_out_before == off.held_out_before  # "before" is the sliced model, refit or not
+    assert on.held_out_after["kl"] < off.held_out_after["kl"]
+
+
+def test_a_refit_that_does_not_help_is_undone():
+    from prunenet.arch import get_arch_spec
+    from prunenet.healing.refit import OutputRefit, output_projection
+
+    spec = get_arch_spec("llama")
+    layer = torch.nn.Module()
+    layer.mlp = torch.nn.Module()
+    layer.mlp.down_proj = torch.nn.Linear(4, 3, bias=False)
+    original = layer.mlp.down_proj.weight.detach().clone()
+    refit = OutputRefit(spec, None, rows=1)
+    refit.weights[0] = torch.ones(3, 4)
+    assert refit.start_({0: layer}, lambda: 2.0, before=1.0) == (0, 1.0)
+    assert torch.equal(output_projection(layer, spec).weight, original)
+    assert refit.start_({0: layer}, lambda: 0.5, before=1.0) == (1, 0.5)
+    assert torch.equal(output_projection(layer, spec).weight, torch.ones(3, 4))

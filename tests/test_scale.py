@@ -382,3 +382,24 @@ def test_smoke_2_layer_7b_shape(tmp_path):
     expected = {n: f"{ph['seconds']:.1f} s / {ph['peak_rss_mb'] / 1024:.2f} GiB" for n, ph in phases.items()}
     assert cells[:5] == ["llama2-7b", "2", "weights-only", f"{wall:.1f}", f"{rss_kb / 1024**2:.2f}"]
     assert cells[5:] == [expected.get(n, "-") for n in sb.phase_names([row])]
+
+
+# Peak RSS above the baseline of one LLaMA-2-7B-shape layer's least-squares refit at ratio 0.3 (width 11008,
+# 7705 kept, fp32; docs/healing.md), measured with the layer's Gram matrix and weight resident.
+MEASURED_REFIT_GIB = 1.66
+
+
+def test_preflight_counts_the_refit_at_its_measured_peak(tmp_path):
+    from prunenet.compute import Compute
+    from prunenet.healing.config import HealConfig
+    from prunenet.healing.memory import healing_bytes
+    from prunenet.healing.refit import refit_bytes
+    from prunenet.source.checkpoint import Checkpoint
+
+    refit = refit_bytes(11008, 0.7, 4096)
+    assert MEASURED_REFIT_GIB * 2**30 <= refit <= 1.6 * MEASURED_REFIT_GIB * 2**30
+    ckpt = Checkpoint(_header_only_checkpoint("llama2-7b", 2, tmp_path / "ckpt"))
+    compute = Compute.resolve("cpu", ckpt.dtype)
+    on, off = (healing_bytes(ckpt, HealConfig(refit=r), compute, 0.7) for r in (True, False))
+    assert 0 < on["block"] - off["block"] <= refit  # it peaks instead of a training row, not beside it
+    assert on["heal-text"] == off["heal-text"]

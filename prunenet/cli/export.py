@@ -58,6 +58,8 @@ HEAL = HealConfig()
 @click.option("--heal-lr", type=click.FloatRange(min=0, min_open=True), default=HEAL.lr, show_default=True)
 @click.option("--heal-batch", type=click.IntRange(min=1), default=HEAL.batch, show_default=True,
               help="Self-text sequences per healing step.")
+@click.option("--heal-refit/--no-heal-refit", default=HEAL.refit, show_default=True,
+              help="Start healing from the least-squares refit of each pruned layer's output projection.")
 @click.option("--heal-mode", type=click.Choice(MODES), default=HEAL.mode, show_default=True,
               help="; ".join(f"{m.name} {m.summary}" for m in HEAL_MODES.values())
                    + f"; auto picks the first that fits ({', '.join(HEAL_MODES)}).")
@@ -80,9 +82,9 @@ HEAL = HealConfig()
 @verbosity_options
 @handle_errors
 def command(model, ratio, target, out, method, allocation, align, tp, episodes, lr, seed, device, policy,
-            plan_file, self_data, dtype, compat, heal, heal_tokens, heal_steps, heal_lr, heal_batch, heal_mode, quant, quant_group,
-            quant_rounding, no_eval,
-            no_validate, force, as_json, quiet, verbose) -> None:
+            plan_file, self_data, dtype, compat, heal, heal_tokens, heal_steps, heal_lr, heal_batch, heal_refit,
+            heal_mode, quant, quant_group, quant_rounding, no_eval, no_validate, force, as_json, quiet,
+            verbose) -> None:
     """Prune FFN neurons with PruneNet (no calibration data) and export the model.
 
     \b
@@ -100,8 +102,8 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
                     validate=not no_validate, force=force, compat=compat, dtype=dtype, plan=plan_file,
                     method=method, allocation=allocation, align=align, tp=tp, episodes=episodes, lr=lr, seed=seed,
                     device=device, policy=policy, self_data=self_data, heal_tokens=heal_tokens,
-                    heal_steps=heal_steps, heal_lr=heal_lr, heal_batch=heal_batch, heal_mode=heal_mode,
-                    quant=quant, quant_group=quant_group, quant_rounding=quant_rounding)
+                    heal_steps=heal_steps, heal_lr=heal_lr, heal_batch=heal_batch, heal_refit=heal_refit,
+                    heal_mode=heal_mode, quant=quant, quant_group=quant_group, quant_rounding=quant_rounding)
     if as_json:
         emit_json(result)
     elif not quiet:

@@ -5,8 +5,9 @@ travel through the layers: the dense trajectory (the targets), the healed one (t
 trains on, so later blocks learn to correct what earlier ones could not) and the unhealed pruned one
 (only for the held-out and reference rows, to report "before"). Each block is trained on the mean
 squared error between its output and the dense block's, stopped on the held-out rows, then the healed
-stream is propagated through it and its FFN tensors are stored. Memory: one dense layer, its pruned
-copy, and the three streams.
+stream is propagated through it and its FFN tensors are stored. Each block starts from the least-squares
+refit of its output projection on the dense stream (:mod:`prunenet.healing.refit`) when that lowers its
+held-out error. Memory: one dense layer, its pruned copy, and the three streams.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prunenet.healing.data import HealingText
 from prunenet.healing.loop import autocast, fit
 from prunenet.healing.measure import row_quality
 from prunenet.healing.outcome import HealOutcome
+from prunenet.healing.refit import OutputRefit
 from prunenet.healing.weights import HealedWeights, ffn_parameters
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_layer_plan_
@@ -100,12 +102,15 @@ def heal_blockwise(source: Path, plan: PruningPlan, text: HealingText, cfg: Heal
     healed = list(dense)
     unhealed = list(dense[n_train:])  # held-out and reference rows only
     g = torch.Generator().manual_seed(cfg.seed)
-    n_tensors = 0
+    n_tensors = refit_layers = 0
+    refits = OutputRefit(lm.spec, plan, rows=n_train) if cfg.refit else None
     history: list[dict] = []
     for i in track(range(lm.num_layers), "Healing block by block", total=lm.num_layers):
         lp = plan.layers[i]
         with lm.layer(i) as module:
-            targets = lm.forward_layer(module, i, dense, kwargs)
+            targets = lm.forward_layer(refits(i, module) if refits is not None else module, i, dense, kwargs)
+            if refits is not None:
+                refits.finish()
             if lp.width == lp.original_width:
                 healed = lm.forward_layer(module, i, healed, kwargs)
                 unhealed = lm.forward_layer(module, i, unhealed, kwargs[n_train:])
@@ -115,6 +120,9 @@ def heal_blockwise(source: Path, plan: PruningPlan, text: HealingText, cfg: Heal
         unhealed = lm.forward_layer(block, i, unhealed, kwargs[n_train:])
         params, originals = _trainable(block, lm.spec, f"{lm.spec.layers_prefix}.{i}.")
         run = _BlockFit(lm, block, i, healed, targets, kwargs, range(n_train, n_train + n_held))
+        if refits is not None:
+            with autocast(lm.device, lm.dtype):
+                refit_layers += refits.start_({i: block}, run.held_loss, run.held_loss())[0]
         history.append(_heal_block(run, params, originals, cfg, n_train, g))
         healed = lm.forward_layer(block, i, healed, kwargs)
         weights.save_layer(i, params)
@@ -133,4 +141,4 @@ def heal_blockwise(source: Path, plan: PruningPlan, text: HealingText, cfg: Heal
         reference_before=quality(reference, n_train + n_held, unhealed, n_train) if reference else None,
         reference_after=quality(reference, n_train + n_held, healed, 0) if reference else None,
         steps=sum(h["steps"] for h in history), healed_tensors=n_tensors, seconds=time.perf_counter() - start,
-        history=history)
+        history=history, refit_layers=refit_layers)

@@ -56,7 +56,7 @@ class HealConfig:
     """Self-text tokens generated for healing (training and held-out together)."""
     sample_len: int = 256
     """Tokens per self-text sample (one training sequence)."""
-    steps: int = 20
+    steps: int = 10
     """Most optimizer steps (per block in block mode); early stopping may end sooner."""
     lr: float = 8e-4
     batch: int = 4
@@ -67,6 +67,8 @@ class HealConfig:
     patience: int = 3
     """Stop after this many held-out evaluations without improvement; the best weights are kept."""
     mode: str = "auto"
+    refit: bool = True
+    """Start from the least-squares refit of each pruned layer's output projection (:mod:`~prunenet.healing.refit`)."""
     seed: int = 0
 
     def __post_init__(self) -> None:

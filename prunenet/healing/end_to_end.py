@@ -3,7 +3,8 @@
 The loss is KL(dense || pruned) per position on self-text, and only the FFN tensors pruning sliced are
 trained (fp32 master weights), so the result is a plain checkpoint at the same widths. The dense model
 is never held whole: one layer-by-layer pass (:class:`~prunenet.source.layerwise.LayerwiseModel`)
-records its final hidden states for every row. The training rows' distributions are reduced to
+records its final hidden states for every row, and the Gram matrices the least-squares refit of the
+output projections needs (:mod:`prunenet.healing.refit`), which is where training starts. The training rows' distributions are reduced to
 :class:`~prunenet.healing.measure.TeacherTargets` once; the held-out and reference rows' logits are
 replayed through the head when quality is measured.
 """
@@ -23,6 +24,7 @@ from prunenet.healing.data import HealingText
 from prunenet.healing.loop import autocast, fit
 from prunenet.healing.measure import TeacherTargets, row_quality, sparse_kl_loss
 from prunenet.healing.outcome import HealOutcome
+from prunenet.healing.refit import OutputRefit
 from prunenet.healing.weights import HealedWeights, ffn_parameters
 from prunenet.planning.plan import PruningPlan
 from prunenet.planning.surgery import apply_plan_
@@ -43,21 +45,27 @@ class _Teacher:
     targets: list[TeacherTargets]
     held: list[torch.Tensor]
     ref: list[torch.Tensor]
+    refit: OutputRefit | None
 
     def logits(self, ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.logits(ids, hidden).float()
 
 
-def _record_teacher(source: Path, text: HealingText, reference: list[torch.Tensor], compute: Compute) -> _Teacher:
+def _record_teacher(source: Path, plan: PruningPlan, text: HealingText, reference: list[torch.Tensor],
+                    compute: Compute, refit: bool) -> _Teacher:
     model = LayerwiseModel(source, device=compute.device, dtype=compute.heal_layer)
     n_train, n_held = len(text.train), len(text.held_out)
-    finals = model.final_hidden(text.train + text.held_out + reference, label="Dense pass over the healing text")
+    refits = OutputRefit(model.spec, plan, rows=n_train) if refit else None
+    finals = model.final_hidden(text.train + text.held_out + reference, label="Dense pass over the healing text",
+                                edit=refits)
+    if refits is not None:
+        refits.finish()
     with status("Recording the dense model's next-token distributions"):
         targets = [TeacherTargets.from_logits(model.logits(r, h))
                    for r, h in zip(text.train, finals[:n_train], strict=True)]
     log.info("healing targets: the dense top-%d tokens hold %.1f%% of the mass", targets[0].logp.shape[1],
              100 * TeacherTargets.cat(targets).mass)
-    return _Teacher(model, targets, finals[n_train: n_train + n_held], finals[n_train + n_held:])
+    return _Teacher(model, targets, finals[n_train: n_train + n_held], finals[n_train + n_held:], refits)
 
 
 def _load_student(source: Path, plan: PruningPlan, compute: Compute, spec) -> tuple[torch.nn.Module, dict]:
@@ -113,16 +121,20 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
     """Heal the pruned model of ``plan`` in memory and store its healed FFN tensors in ``weights``."""
     start = time.perf_counter()
     reference = reference or []
-    teacher = _record_teacher(source, text, reference, compute)
+    teacher = _record_teacher(source, plan, text, reference, compute, cfg.refit)
     spec = teacher.model.spec
     student, trained = _load_student(source, plan, compute, spec)
     run = _Distillation(teacher, student, text.train, compute.device)
     held = (text.held_out, teacher.held)
     with autocast(compute.device, teacher.model.dtype):  # before, during and after alike, so they compare
         held_before, ref_before = run.quality(*held), run.reference(reference)
+        refit, initial = 0, held_before["kl"]
+        if teacher.refit is not None:
+            layers = student.get_submodule(spec.layers_prefix)
+            refit, initial = teacher.refit.start_(dict(enumerate(layers)), lambda: run.quality(*held)["kl"], initial)
         result = fit(list(trained.values()), run.batch_loss, lambda: run.quality(*held)["kl"],
                      len(text.train), cfg, "Healing (end to end)", torch.Generator().manual_seed(cfg.seed),
-                     initial=held_before["kl"])
+                     initial=initial)
         for p in trained.values():
             p.requires_grad_(False)
         held_after, ref_after = run.quality(*held), run.reference(reference)
@@ -133,4 +145,4 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
         weights.save_layer(i, {n: p for n, p in trained.items() if n.startswith(prefix)})
     return HealOutcome("end-to-end", text.tokens, held_before, held_after, ref_before, ref_after,
                        steps=result.steps, healed_tensors=len(trained), seconds=time.perf_counter() - start,
-                       history=result.history)
+                       history=result.history, refit_layers=refit)

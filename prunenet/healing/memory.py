@@ -5,6 +5,7 @@ from __future__ import annotations
 from prunenet.arch import get_arch_spec
 from prunenet.compute import Compute
 from prunenet.healing.measure import TOP_K
+from prunenet.healing.refit import refit_bytes
 from prunenet.memory import generation_bytes, model_sizes
 from prunenet.source.checkpoint import Checkpoint
 
@@ -19,7 +20,9 @@ def healing_bytes(ckpt: Checkpoint, cfg, compute: Compute, kept: float) -> dict[
     gradients, two AdamW moments and a best copy of the FFN tensors it trains, the dense head, every
     row's final hidden state, the training rows' top-k targets and one batch's activations and
     vocabulary-wide logits; block mode holds one dense layer and its pruned copy (plus the same four
-    copies of its FFN), three hidden-state streams and one row's activations."""
+    copies of its FFN), three hidden-state streams and one row's activations. The least-squares refit
+    (one layer's Gram matrix and solve) runs before training, so it peaks instead of, not beside,
+    the training activations."""
     spec = get_arch_spec(ckpt.config.get("model_type"))
     c = ckpt.config
     d, vocab, n_layers = int(c.get("hidden_size") or 0), int(c.get("vocab_size") or 0), spec.num_layers(c)
@@ -35,11 +38,12 @@ def healing_bytes(ckpt: Checkpoint, cfg, compute: Compute, kept: float) -> dict[
     m = spec.width(c)
     activations = tokens * n_layers * (12 * d + 4 * m) * 4 + tokens * vocab * 4 * 5
     streams = 3 * rows * cfg.sample_len * d * layer_bytes
+    refit = refit_bytes(m, kept, d) if cfg.refit else 0
+    one_row = cfg.sample_len * (12 * d + 4 * m) * 4 * 2 + cfg.sample_len * vocab * 4 * 4
     return {
         "heal-text": generation_bytes(c, n_layers, (rest + n_layers * per_layer) * whole // layer_bytes, cfg.samples,
                                       cfg.sample_len, whole),
         "end-to-end": model_fp32 + 4 * ffn_after + rest + rows * cfg.sample_len * (d * layer_bytes + TOP_K * 12)
-                      + activations,
-        "block": rest + 2 * per_layer_fp32 + 4 * ffn_full + streams + cfg.sample_len * (12 * d + 4 * m) * 4 * 2
-                 + cfg.sample_len * vocab * 4 * 4,
+                      + max(activations, refit),
+        "block": rest + 2 * per_layer_fp32 + 4 * ffn_full + streams + max(one_row, refit),
     }

@@ -21,6 +21,8 @@ class HealOutcome:
     steps: int = 0
     """Optimizer steps run (summed over blocks in block mode)."""
     healed_tensors: int = 0
+    refit_layers: int = 0
+    """Layers whose output projection started from the least-squares refit (``history[0]`` is after it)."""
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
 
