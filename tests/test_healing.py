@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM
 from exporters import ExportConfig, export_hf
 from prunenet.cli import main
 from prunenet.compute import Compute
+from prunenet.errors import PruneNetError
 from prunenet.healing.config import HEAL_MODES, HealConfig
 from prunenet.healing.data import HEAL_TEXT_FILE, split_rows
 from prunenet.healing.measure import TeacherTargets, row_quality, sparse_kl_loss
@@ -367,3 +368,22 @@ def test_a_refit_that_does_not_help_is_undone():
     assert torch.equal(output_projection(layer, spec).weight, original)
     assert refit.start_({0: layer}, lambda: 0.5, before=1.0) == (1, 0.5)
     assert torch.equal(output_projection(layer, spec).weight, torch.ones(3, 4))
+
+
+@pytest.mark.parametrize("mode", list(HEAL_MODES))
+def test_zero_steps_heals_with_the_refit_alone(tiny_models, tmp_path, mode):
+    plan, outcome = _heal(tiny_models["llama"], mode, tmp_path / "refit", _cfg(steps=0))
+    assert outcome.steps == 0 and outcome.refit_layers > 0
+    assert outcome.held_out_after["kl"] < outcome.held_out_before["kl"]
+    healed = HealedWeights(tmp_path / "refit")
+    assert len(healed) == outcome.healed_tensors > 0
+    with pytest.raises(PruneNetError, match="needs --heal-refit"):
+        HealConfig(steps=0, refit=False)
+
+
+def test_cli_zero_heal_steps_without_refit_is_one_line(tiny_models, tmp_path):
+    src = with_tokenizer(tiny_models["llama"], tmp_path / "src")
+    args = _healing_cli(src, tmp_path / "none", "--no-eval", "--no-heal-refit")
+    r = CliRunner().invoke(main, [*args[: args.index("--heal-steps") + 1], "0", *args[args.index("--heal-steps") + 2:]])
+    assert r.exit_code != 0 and "needs --heal-refit" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "none").exists()

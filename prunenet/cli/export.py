@@ -53,8 +53,9 @@ HEAL = HealConfig()
                    f"[default: on for sources up to {AUTO_MAX_PARAMS / 1e6:.0f}M parameters].")
 @click.option("--heal-tokens", type=click.IntRange(min=1), default=HEAL.tokens, show_default=True,
               help="Self-text tokens generated for healing (1/8 held out for early stopping).")
-@click.option("--heal-steps", type=click.IntRange(min=1), default=HEAL.steps, show_default=True,
-              help="Most optimizer steps (per block with --heal-mode block); early stopping may end sooner.")
+@click.option("--heal-steps", type=click.IntRange(min=0), default=HEAL.steps, show_default=True,
+              help="Most optimizer steps (per block with --heal-mode block); early stopping may end sooner; "
+                   "0: the least-squares refit alone.")
 @click.option("--heal-lr", type=click.FloatRange(min=0, min_open=True), default=HEAL.lr, show_default=True)
 @click.option("--heal-batch", type=click.IntRange(min=1), default=HEAL.batch, show_default=True,
               help="Self-text sequences per healing step.")

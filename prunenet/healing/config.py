@@ -57,7 +57,7 @@ class HealConfig:
     sample_len: int = 256
     """Tokens per self-text sample (one training sequence)."""
     steps: int = 10
-    """Most optimizer steps (per block in block mode); early stopping may end sooner."""
+    """Most optimizer steps (per block in block mode); early stopping may end sooner. 0: the refit alone."""
     lr: float = 8e-4
     batch: int = 4
     """Sequences per step."""
@@ -74,9 +74,12 @@ class HealConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise PruneNetError(f"unknown --heal-mode {self.mode!r}; choose from {', '.join(MODES)}")
-        for name in ("tokens", "sample_len", "steps", "batch", "eval_every", "patience"):
+        for name in ("tokens", "sample_len", "batch", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise PruneNetError(f"--heal-{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.steps < 0 or (self.steps == 0 and not self.refit):
+            raise PruneNetError(f"--heal-steps must be >= 1 (0 = the least-squares refit alone, which needs "
+                                f"--heal-refit), got {self.steps}")
         if not self.lr > 0:
             raise PruneNetError(f"--heal-lr must be > 0, got {self.lr}")
         if not 0 < self.holdout < 1:
