@@ -144,6 +144,7 @@ def self_generated_text(model, tokenizer, n_samples: int = 8, n_tokens: int = 20
     import torch
     from transformers import LogitsProcessorList
 
+    from prunenet.attention import grouped_attention
     from prunenet.nucleus import NucleusFilter
 
     if n_samples < 1 or n_tokens < 1:
@@ -158,7 +159,7 @@ def self_generated_text(model, tokenizer, n_samples: int = 8, n_tokens: int = 20
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     fork = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork, device_type=device.type), torch.no_grad():
+    with torch.random.fork_rng(devices=fork, device_type=device.type), torch.no_grad(), grouped_attention(model):
         torch.manual_seed(seed)
         out = model.generate(  # top-p by NucleusFilter (same tokens as transformers' warper, no full sort)
             input_ids=input_ids, attention_mask=attention_mask, do_sample=True, temperature=temperature,

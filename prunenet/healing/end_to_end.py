@@ -126,18 +126,24 @@ def heal_end_to_end(source: Path, plan: PruningPlan, text: HealingText, cfg: Hea
     student, trained = _load_student(source, plan, compute, spec)
     run = _Distillation(teacher, student, text.train, compute.device)
     held = (text.held_out, teacher.held)
+    scored: dict[float, dict] = {}  # held-out quality by KL: the weights kept are the best scored, so no rerun
+
+    def held_kl() -> float:
+        quality = run.quality(*held)
+        scored[quality["kl"]] = quality
+        return quality["kl"]
+
     with autocast(compute.device, teacher.model.dtype):  # before, during and after alike, so they compare
-        held_before, ref_before = run.quality(*held), run.reference(reference)
-        refit, initial = 0, held_before["kl"]
+        initial, ref_before = held_kl(), run.reference(reference)
+        held_before, refit = scored[initial], 0
         if teacher.refit is not None:
             layers = student.get_submodule(spec.layers_prefix)
-            refit, initial = teacher.refit.start_(dict(enumerate(layers)), lambda: run.quality(*held)["kl"], initial)
-        result = fit(list(trained.values()), run.batch_loss, lambda: run.quality(*held)["kl"],
-                     len(text.train), cfg, "Healing (end to end)", torch.Generator().manual_seed(cfg.seed),
-                     initial=initial)
+            refit, initial = teacher.refit.start_(dict(enumerate(layers)), held_kl, initial)
+        result = fit(list(trained.values()), run.batch_loss, held_kl, len(text.train), cfg, "Healing (end to end)",
+                     torch.Generator().manual_seed(cfg.seed), initial=initial)
         for p in trained.values():
             p.requires_grad_(False)
-        held_after, ref_after = run.quality(*held), run.reference(reference)
+        held_after, ref_after = scored[result.best], run.reference(reference)
     if reference:
         log.info("healing: %.0f s measuring the reference text before and after", run.report_seconds)
     for i in range(len(plan.layers)):
