@@ -88,12 +88,14 @@ _ROUNDING = {"gptq": "GPTQ rounding on the model's own self-text", "nearest": "r
 
 def _quant_row(plan: PruningPlan) -> str:
     """What ``--quant`` chose, as the plan records it (``plan.extra["quantization"]``)."""
-    q = plan.extra.get("quantization")
+    q, t = plan.extra.get("quantization"), plan.extra.get("scale_tuning")
+    tuned = (f"; scales tuned end to end against the dense model ({t['steps']} steps on {t['tokens']:,} self-text "
+             f"tokens, held-out KL {t['held_out_before']:.4f} -> {t['held_out_after']:.4f})" if t else "")
     if not q:
-        return "none (floating-point weights)"
+        return "none (floating-point weights)" if not t else "in the target's own format (its manifest records it)" + tuned
     return (f"`{q['scheme']}` ({q['format']}): {q['bits']}-bit {q['type']} weights, symmetric, per "
-            f"{q['granularity']}, {q['clipping']} scales, {_ROUNDING.get(q.get('rounding'), 'round-to-nearest')}; activations {q['activations']}; embeddings and "
-            "LM head unquantized")
+            f"{q['granularity']}, {q['clipping']} scales, {_ROUNDING.get(q.get('rounding'), 'round-to-nearest')}"
+            f"{tuned}; activations {q['activations']}; embeddings and LM head unquantized")
 
 
 def write_model_card(out: Path, plan: PruningPlan, stats: dict[str, Any], quality: dict[str, Any] | None,

@@ -90,9 +90,11 @@ _PLAN_HINT = "use --self-data 0 or --method prunenet (compact summaries), or ano
 
 
 def check_memory(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, compute: Compute,
-                 planning: bool = True, heal=None, validate: bool = True, rounding=None) -> list[PhaseEstimate]:
+                 planning: bool = True, heal=None, validate: bool = True, rounding=None,
+                 tuning=None) -> list[PhaseEstimate]:
     """Raise :class:`MemoryError_` (one line: need, available, what to change) when a phase cannot fit.
-    ``rounding``: the :class:`~prunenet.quantization.schemes.QuantSpec` GPTQ rounds with, if any.
+    ``rounding``: the :class:`~prunenet.quantization.schemes.QuantSpec` GPTQ rounds with, if any;
+    ``tuning``: the :class:`~prunenet.quantization.tuning.TuneConfig` its scales are tuned with, if any.
 
     On CUDA, self-text generation may offload layers to host memory (accelerate), so it is checked
     against the GPU and the host together."""
@@ -111,6 +113,13 @@ def check_memory(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, compute:
 
         tokens = max(cfg.self_data, heal.tokens if heal is not None else 0, CALIBRATION_TOKENS)
         phases.append(PhaseEstimate("quantize", gptq_bytes(ckpt, tokens), "use --quant-rounding nearest"))
+        if tuning is not None:
+            from prunenet.planning.selfdata import SAMPLE_LEN
+            from prunenet.quantization.tuning import tuning_bytes
+
+            tokens = cfg.self_data or tokens
+            need = tuning_bytes(ckpt, compute, 1 - cfg.ratio, -(-tokens // SAMPLE_LEN), SAMPLE_LEN + 16, tuning.batch)
+            phases.append(PhaseEstimate("tune", need, "use --quant-tune-steps 0"))
     for phase in phases:
         available = device_free + (host_free if phase.name == "self-text" else 0)
         need = phase.need + (RUNTIME_BYTES if device.type == "cpu" else 0)

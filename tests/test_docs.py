@@ -75,6 +75,12 @@ def test_readme_option_table_matches_the_cli():
             from prunenet.healing.config import AUTO_MAX_PARAMS
 
             assert param.default is None and cell == f"on up to {AUTO_MAX_PARAMS / 1e6:.0f}M parameters"
+        elif name == "--quant-tune-steps":  # None means: TuneConfig.steps for w4a16 up to AUTO_MAX_PARAMS
+            from prunenet.healing.config import AUTO_MAX_PARAMS
+            from prunenet.quantization.tune_config import TuneConfig
+
+            assert param.default is None
+            assert cell == f"`{TuneConfig.steps}` for w4a16 up to {AUTO_MAX_PARAMS / 1e6:.0f}M parameters"
         elif param.multiple:
             assert cell == "—" and defaults[param.name] == (), name
         else:

@@ -11,6 +11,7 @@ from prunenet.healing.config import AUTO_MAX_PARAMS, HEAL_MODES, MODES, HealConf
 from prunenet.planning.allocation import ALLOCATIONS
 from prunenet.planning.methods import METHODS
 from prunenet.quantization.schemes import QUANT_CHOICES, ROUNDINGS
+from prunenet.quantization.tune_config import TuneConfig
 
 from .common import emit_json, handle_errors, setup_output, verbosity_options
 
@@ -73,6 +74,10 @@ HEAL = HealConfig()
 @click.option("--quant-rounding", type=click.Choice(("auto", *ROUNDINGS)), default="auto", show_default=True,
               help="gptq: round with GPTQ on the model's own self-text (no user data); nearest: each weight alone; "
                    "auto: gptq for w4a16, nearest for the 8-bit schemes.")
+@click.option("--quant-tune-steps", type=click.IntRange(min=0), default=None,
+              help="Steps tuning the per-group scales GPTQ chose, end to end against the dense model on the plan's "
+                   f"self-text (the 4-bit codes stay); 0: none [default: {TuneConfig.steps} for w4a16 on sources up "
+                   f"to {AUTO_MAX_PARAMS // 10**6}M parameters, else 0].")
 @click.option("--no-eval", is_flag=True, help="Skip the quality report.")
 @click.option("--no-validate", is_flag=True,
               help="Skip the export's self-check: reloading it and comparing logits with the pruned source "
@@ -84,7 +89,7 @@ HEAL = HealConfig()
 @handle_errors
 def command(model, ratio, target, out, method, allocation, align, tp, episodes, lr, seed, device, policy,
             plan_file, self_data, dtype, compat, heal, heal_tokens, heal_steps, heal_lr, heal_batch, heal_refit,
-            heal_mode, quant, quant_group, quant_rounding, no_eval, no_validate, force, as_json, quiet,
+            heal_mode, quant, quant_group, quant_rounding, quant_tune_steps, no_eval, no_validate, force, as_json, quiet,
             verbose) -> None:
     """Prune FFN neurons with PruneNet (no calibration data) and export the model.
 
@@ -104,7 +109,7 @@ def command(model, ratio, target, out, method, allocation, align, tp, episodes, 
                     method=method, allocation=allocation, align=align, tp=tp, episodes=episodes, lr=lr, seed=seed,
                     device=device, policy=policy, self_data=self_data, heal_tokens=heal_tokens,
                     heal_steps=heal_steps, heal_lr=heal_lr, heal_batch=heal_batch, heal_refit=heal_refit,
-                    heal_mode=heal_mode, quant=quant, quant_group=quant_group, quant_rounding=quant_rounding)
+                    heal_mode=heal_mode, quant=quant, quant_group=quant_group, quant_rounding=quant_rounding, quant_tune_steps=quant_tune_steps)
     if as_json:
         emit_json(result)
     elif not quiet:

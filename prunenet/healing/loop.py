@@ -48,17 +48,18 @@ class FitResult:
 
 def fit(params: Sequence[torch.Tensor], batch_loss: Callable[[list[int]], torch.Tensor],
         held_out_loss: Callable[[], float], n_train: int, cfg: HealConfig, label: str,
-        generator: torch.Generator, initial: float | None = None) -> FitResult:
+        generator: torch.Generator, initial: float | None = None, warmup: int = WARMUP) -> FitResult:
     """Minimise ``batch_loss(indices)`` over ``params``; stop on ``held_out_loss``; keep the best weights.
 
     ``batch_loss`` gets ``cfg.batch`` training-row indices and returns a scalar loss (backward is done
     here); ``held_out_loss`` runs without gradients. ``initial`` is its value before the first step when
-    the caller has measured it already (a held-out pass is not free).
+    the caller has measured it already (a held-out pass is not free). ``warmup``: steps of linear
+    learning-rate warm-up before the cosine decay.
     """
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    decay = max(cfg.steps - WARMUP, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP) * 0.5 * (
-        1 + math.cos(math.pi * min(max(s - WARMUP, 0), decay) / decay)))
+    decay = max(cfg.steps - warmup, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(max(s - warmup, 0), decay) / decay)))
     initial = best = held_out_loss() if initial is None else initial
     best_state = [p.detach().clone() for p in params]
     result = FitResult(initial, best, 0, 0, [{"step": 0, "held_out": initial}])

@@ -23,7 +23,7 @@ def export(model: str | None = None, *, ratio: float, target: str = DEFAULT_TARG
            heal: bool | None = None, evaluate: bool = True, validate: bool = True, force: bool = False,
            compat: str = "native", dtype: str = "auto", plan: str | Path | None = None,
            quant: str = "none", quant_group: int | None = None, quant_rounding: str = "auto",
-           **options: Any) -> dict[str, Any]:
+           quant_tune_steps: int | None = None, **options: Any) -> dict[str, Any]:
     """Prune ``model`` (None: the default model) and write ``out`` for ``target``; returns the report.
 
     ``options`` are the planner's settings (the fields of
@@ -32,8 +32,8 @@ def export(model: str | None = None, *, ratio: float, target: str = DEFAULT_TARG
     ``heal_<field>`` (:class:`~prunenet.healing.config.HealConfig`: ``heal_steps``, ``heal_tokens``,
     ``heal_lr``, ``heal_batch``, ``heal_mode``, ...). ``heal``: True heals, False does not, None (the
     default) heals sources up to :data:`~prunenet.healing.config.AUTO_MAX_PARAMS`. ``quant`` /
-    ``quant_group`` / ``quant_rounding``: weight quantization after pruning (``--quant``, ``--quant-group``,
-    ``--quant-rounding``). The report holds the widths,
+    ``quant_group`` / ``quant_rounding`` / ``quant_tune_steps``: weight quantization after pruning
+    (``--quant``, ``--quant-group``, ``--quant-rounding``, ``--quant-tune-steps``). The report holds the widths,
     parameter counts, the quality report (``"quality"``), healing's record, per-phase times and peaks,
     and warnings; ``prunenet-export --json`` prints the same object.
 
@@ -64,5 +64,5 @@ def export(model: str | None = None, *, ratio: float, target: str = DEFAULT_TARG
     request = ExportRequest(model=model, out=Path(out), target=target, compat=compat, evaluate=evaluate, force=force,
                             validate=validate, plan=Path(plan) if plan is not None else None, dtype=dtype, heal=heal_cfg,
                             heal_auto=heal is None, quant=quant, quant_group=quant_group,
-                            quant_rounding=quant_rounding)
+                            quant_rounding=quant_rounding, quant_tune_steps=quant_tune_steps)
     return run_export(request, cfg)

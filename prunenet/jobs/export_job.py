@@ -45,6 +45,9 @@ class ExportRequest:
     """Group size of a grouped scheme; None: the largest of 128/64/32 dividing every K per rank."""
     quant_rounding: str = "auto"
     """``gptq`` / ``nearest`` (:data:`prunenet.quantization.schemes.ROUNDINGS`); auto: the scheme's own."""
+    quant_tune_steps: int | None = None
+    """Steps tuning the scales GPTQ rounded with (:mod:`prunenet.quantization.tuning`); 0: none; None: the
+    default's, for weight-only schemes on sources up to healing's default size."""
 
 
 def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
@@ -53,7 +56,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     from exporters.staging import check_output_dir, staged_output
     from exporters.targets import get_target
     from prunenet.compute import Compute
-    from prunenet.jobs.rounding_step import gptq_step
+    from prunenet.jobs.rounding_step import choose_tuning, gptq_step, tune_step
     from prunenet.phases import PhaseLog
     from prunenet.planning.stats import parameter_stats
     from prunenet.preflight import check_memory
@@ -69,6 +72,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     _check_dtype(target, req.dtype, compute)
     notes: list[str] = []
     cfg, quant, rounding = _prepare_quant(target, req, cfg, source.path, ckpt.config, notes)
+    tuning = choose_tuning(rounding, req.quant_tune_steps, ckpt.num_parameters(), notes)
     if req.heal is not None and req.heal_auto:
         from prunenet.healing.config import auto_heal_skip
         from prunenet.source.loaders import has_tokenizer
@@ -79,11 +83,11 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
     scored = req.evaluate and target.quality_report
     # before any long step: refuse what cannot fit, write nothing
     check_memory(ckpt, cfg, evaluate=scored, compute=compute, planning=req.plan is None,
-                 heal=req.heal, validate=req.validate, rounding=rounding)
+                 heal=req.heal, validate=req.validate, rounding=rounding, tuning=tuning)
     phases = PhaseLog()
     result = _make_plan(req, cfg, source, compute, phases)
     plan = replace(result.plan, extra={k: v for k, v in result.plan.extra.items()
-                                       if k not in ("healing", "quantization")})
+                                       if k not in ("healing", "quantization", "scale_tuning")})
     plan = plan_with_quant(plan, quant, cfg.tp)
     if req.heal is not None and req.heal_auto and plan.is_identity:
         req = replace(req, heal=None)
@@ -97,9 +101,14 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
             plan = replace(plan, extra={**plan.extra, "healing": healing.record()})
         rounded = None
         if rounding is not None:
+            written = _output_dtype(req.dtype, source, compute.stored)
             with phases.phase("quantize", compute.device):
-                rounded = gptq_step(source, plan, rounding, _output_dtype(req.dtype, source, compute.stored), compute,
-                                    result, healing, stage / ".prunenet-rounded", head=target.gptq_head)
+                rounded, rows = gptq_step(source, plan, rounding, written, compute, result, healing,
+                                          stage / ".prunenet-rounded", head=target.gptq_head)
+            if tuning is not None:
+                with phases.phase("tune", compute.device):
+                    tuned = tune_step(source, plan, rounded, tuning, written, compute, result, rows)
+                plan = replace(plan, extra={**plan.extra, "scale_tuning": tuned})
         with phases.phase("write", compute.device):
             report = _write(target, source, plan, stage, req, compute, healing, quant, rounded)
         if result.policy is not None and cfg.policy is None:
@@ -121,7 +130,7 @@ def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
         "notes": notes,
         "policy_fingerprint": plan.policy_fingerprint, "source_fingerprint": plan.source_fingerprint,
         "phases": phases.to_list(), "healing": plan.extra.get("healing"), "compute": compute.to_dict(),
-        "quantization": plan.extra.get("quantization"),
+        "quantization": plan.extra.get("quantization"), "scale_tuning": plan.extra.get("scale_tuning"),
     }
 
 

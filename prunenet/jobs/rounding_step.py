@@ -1,14 +1,18 @@
-"""The export job's quantize step: GPTQ rounding on the self-text at hand, or why it falls back."""
+"""The export job's quantize steps: GPTQ rounding on the self-text at hand (or why it falls back), then
+tuning the scales it chose."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
 from prunenet.errors import PruneNetError
 from prunenet.quantization.schemes import QuantSpec
 
-__all__ = ["check_rounding", "gptq_step", "own_format_rounding"]
+__all__ = ["check_rounding", "choose_tuning", "gptq_step", "own_format_rounding", "tune_step"]
+
+log = logging.getLogger("prunenet")
 
 
 def own_format_rounding(scheme: str, group: int | None, requested: str, target: str,
@@ -54,4 +58,41 @@ def gptq_step(source, plan, quant: QuantSpec, dtype_name: str, compute, result, 
     rows = calibration_rows(result.self_text, healing.text.rows if healing is not None else None, source.path,
                             plan.seed, compute.device, compute.generate)
     return gptq_weights(source.path, plan, quant, rows, workdir, dtype=getattr(torch, dtype_name),
-                        healed=healing.weights if healing is not None else None, head=head, device=compute.device)
+                        healed=healing.weights if healing is not None else None, head=head,
+                        device=compute.device), rows
+
+
+def choose_tuning(rounding: QuantSpec | None, steps: int | None, params: int, notes: list[str]):
+    """Before any work: the :class:`~prunenet.quantization.tuning.TuneConfig` GPTQ's scales are tuned with,
+    or None. By default the scales of weight-only schemes are tuned on sources up to healing's default size
+    (it holds the whole pruned model in fp32, as end-to-end healing does); an explicit step count where
+    there is nothing to tune is refused."""
+    from prunenet.healing.config import AUTO_MAX_PARAMS
+    from prunenet.quantization.tuning import TuneConfig
+
+    if steps == 0:
+        return None
+    if rounding is None or rounding.info.activations:
+        if steps is not None:
+            raise PruneNetError("--quant-tune-steps tunes the scales GPTQ rounded a weight-only scheme with: "
+                                "use it with --quant w4a16 (GPTQ rounding)")
+        return None
+    if steps is None and params > AUTO_MAX_PARAMS:
+        notes.append(f"quantization scales not tuned: the source has more than {AUTO_MAX_PARAMS / 1e6:.0f}M "
+                     "parameters (--quant-tune-steps N tunes them)")
+        return None
+    return TuneConfig() if steps is None else TuneConfig(steps=steps)
+
+
+def tune_step(source, plan, rounded, cfg, dtype_name: str, compute, result, calibration) -> dict:
+    """:func:`~prunenet.quantization.tuning.tune_scales` on the plan's self-text (healing never trained on
+    it), else on the rows GPTQ rounded on; the record the plan and the report keep."""
+    import torch
+
+    from prunenet.quantization.tuning import tune_scales
+
+    rows = result.self_text or calibration
+    outcome = tune_scales(source.path, plan, rounded, rows, cfg, compute=compute, scale_dtype=getattr(torch, dtype_name))
+    log.info("scale tuning: held-out KL %.4f -> %.4f (%d steps)", outcome.held_out_before, outcome.held_out_after,
+             outcome.steps)
+    return {"settings": cfg.to_dict(), **outcome.to_dict()}
