@@ -47,13 +47,17 @@ class TuneOutcome:
 
 
 class ScaledCodes(torch.nn.Module):
-    """A linear whose weight is fixed integer codes times trainable per-group (or per-row) scales."""
+    """A linear whose weight is fixed integer codes times trainable per-group (or per-row) scales.
+
+    The codes are kept as int8 and the scales broadcast over each group, so the product's backward keeps
+    nothing beside them: only the weight the linear itself needs for its input gradient."""
 
     def __init__(self, linear: torch.nn.Linear, scales: torch.Tensor):
         super().__init__()
         weight = linear.weight.detach().float()
         base = scales.detach().float().to(weight.device)
-        self.register_buffer("codes", torch.round(weight / _expand(base, weight.shape[1])), persistent=False)
+        codes = torch.round(weight / _expand(base, weight.shape[1]))
+        self.register_buffer("codes", codes.to(torch.int8), persistent=False)
         self.register_buffer("base", base.clone(), persistent=False)
         self.log_scale = torch.nn.Parameter(torch.zeros_like(base))
         self.bias = linear.bias
@@ -62,15 +66,17 @@ class ScaledCodes(torch.nn.Module):
         return self.base * self.log_scale.exp()
 
     def weight(self) -> torch.Tensor:
-        return self.codes * _expand(self.scales(), self.codes.shape[1])
+        n, k = self.codes.shape
+        groups = self.base.shape[1]
+        return (self.codes.view(n, groups, k // groups) * self.scales().unsqueeze(-1)).view(n, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
 def tuning_bytes(ckpt, compute: Compute, kept: float, rows: int, row_len: int, batch: int) -> int:
-    """Peak bytes of :func:`tune_scales`: the pruned model in fp32 with its codes beside it (as big as its
-    linears), the dense teacher streamed one layer at a time (embeddings and head resident), the training
+    """Peak bytes of :func:`tune_scales`: the pruned model in fp32 with its int8 codes beside it, the
+    dense teacher streamed one layer at a time (embeddings and head resident), the training
     rows' top-k targets and one batch's activations and vocabulary-wide logits."""
     from prunenet.arch import get_arch_spec
     from prunenet.healing.measure import TOP_K
@@ -83,7 +89,7 @@ def tuning_bytes(ckpt, compute: Compute, kept: float, rows: int, row_len: int, b
     sizes = model_sizes(ckpt, spec, 4)
     ffn_removed = int(n_layers * 3 * m * d * 4 * (1 - kept))
     model = sizes.rest + n_layers * sizes.per_layer - ffn_removed
-    codes = n_layers * sizes.per_layer - ffn_removed
+    codes = (n_layers * sizes.per_layer - ffn_removed) // 4
     tokens = batch * row_len
     activations = tokens * n_layers * (12 * d + 4 * m) * 4 + tokens * vocab * 4 * 5
     return model + codes + sizes.rest + 2 * sizes.per_layer + rows * row_len * (d * 4 + TOP_K * 12) + activations
@@ -179,7 +185,7 @@ def _store_tuned(rounded: HealedWeights, tuned: dict[str, ScaledCodes], layers_p
     for name, module in tuned.items():
         layer = int(name.removeprefix(layers_prefix + ".").split(".", 1)[0])
         scales = _store(module.scales().detach().float(), scale_dtype)
-        by_layer.setdefault(layer, {})[name] = module.codes * _expand(scales, module.codes.shape[1])
+        by_layer.setdefault(layer, {})[name] = module.codes.float() * _expand(scales, module.codes.shape[1])
         by_layer[layer][name + SCALE_SUFFIX] = scales
     for layer, new in by_layer.items():
         prefix = f"{layers_prefix}.{layer}."
