@@ -33,8 +33,10 @@ if [[ -n "$QUANT" ]]; then
     echo "== reusing the $QUANT graph in $OUT-onnx-$QUANT"
   else
     echo "== exporting the pruned model with --quant $QUANT into $OUT-onnx-$QUANT (same plan, no training)"
+    # --quant-tune-steps 0: tuned scales change quality, not the graph or its speed
+    extra=(); [[ "$QUANT" == w4a16 ]] && extra=(--quant-tune-steps 0)
     prunenet-export --ratio 0.3 --plan "$OUT/prunenet-plan.json" --target onnx --quant "$QUANT" --no-eval --no-heal \
-      --out "$OUT-onnx-$QUANT"
+      "${extra[@]}" --out "$OUT-onnx-$QUANT"
   fi
   DIRS+=("$OUT-onnx-$QUANT")
 fi

@@ -5,11 +5,11 @@ next-token distribution. With the codes fixed, a rounded weight is ``codes x sca
 in the scales, so a few steps of healing's loss (KL to the dense model against its top-k targets) on the
 model's own self-text move every group's scale toward what the model as a whole needs. What is written
 is still exactly what the writers store (the same codes, new scales), for compressed-tensors and
-MatMulNBits alike. The text is the plan's self-text, never healing's: the healed weights already fit
-healing's training text, and tuning on it measured no gain on the evaluation texts. Scales train as
-log-multipliers (one learning rate whatever their magnitude), and the best held-out step is kept, so
-tuning never leaves the model worse on text it did not train on. Only weight-only schemes tune: the
-per-token rounding of activations passes no gradient.
+MatMulNBits alike. The caller picks the text: the plan's self-text where there is one, since the healed
+weights already fit healing's training text and tuning on that measured no gain on the evaluation
+texts. Scales train as log-multipliers (one learning rate whatever their magnitude), and the best
+held-out step is kept, so tuning never leaves the model worse on text it did not train on. Only
+weight-only schemes tune: the per-token rounding of activations passes no gradient.
 """
 
 from __future__ import annotations
