@@ -46,8 +46,7 @@ class ExportRequest:
     quant_rounding: str = "auto"
     """``gptq`` / ``nearest`` (:data:`prunenet.quantization.schemes.ROUNDINGS`); auto: the scheme's own."""
     quant_tune_steps: int | None = None
-    """Steps tuning the scales GPTQ rounded with (:mod:`prunenet.quantization.tuning`); 0: none; None: the
-    default's, for weight-only schemes on sources up to healing's default size."""
+    """Steps tuning GPTQ's scales (:mod:`prunenet.quantization.tuning`); 0: none; None: the default's rule."""
 
 
 def run_export(req: ExportRequest, cfg) -> dict[str, Any]:
