@@ -94,7 +94,7 @@ def check_memory(ckpt: Checkpoint, cfg: PruneConfig, *, evaluate: bool, compute:
                  tuning=None) -> list[PhaseEstimate]:
     """Raise :class:`MemoryError_` (one line: need, available, what to change) when a phase cannot fit.
     ``rounding``: the :class:`~prunenet.quantization.schemes.QuantSpec` GPTQ rounds with, if any;
-    ``tuning``: the :class:`~prunenet.quantization.tuning.TuneConfig` its scales are tuned with, if any.
+    ``tuning``: the :class:`~prunenet.quantization.tune_config.TuneConfig` its scales are tuned with, if any.
 
     On CUDA, self-text generation may offload layers to host memory (accelerate), so it is checked
     against the GPU and the host together."""

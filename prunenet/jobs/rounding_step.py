@@ -63,12 +63,12 @@ def gptq_step(source, plan, quant: QuantSpec, dtype_name: str, compute, result, 
 
 
 def choose_tuning(rounding: QuantSpec | None, steps: int | None, params: int, notes: list[str]):
-    """Before any work: the :class:`~prunenet.quantization.tuning.TuneConfig` GPTQ's scales are tuned with,
+    """Before any work: the :class:`~prunenet.quantization.tune_config.TuneConfig` GPTQ's scales are tuned with,
     or None. By default the scales of weight-only schemes are tuned on sources up to healing's default size
     (it holds the whole pruned model in fp32, as end-to-end healing does); an explicit step count where
     there is nothing to tune is refused."""
     from prunenet.healing.config import AUTO_MAX_PARAMS
-    from prunenet.quantization.tuning import TuneConfig
+    from prunenet.quantization.tune_config import TuneConfig
 
     if steps == 0:
         return None
